@@ -1,0 +1,24 @@
+#!/bin/sh
+# The whole test suite, from a fresh Debian machine: dependencies, build (with CUDA when nvcc is
+# present: it compiles and links here even without a GPU), every ctest, the API reference, and the
+# C tests again under AddressSanitizer + UndefinedBehaviorSanitizer. Prints each stage's time.
+set -eu
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-$(nproc)}
+t_all=$(date +%s)
+stage() { printf '\n==> %s\n' "$1"; t0=$(date +%s); }
+done_stage() { printf '<== %s: %ss\n' "$1" "$(( $(date +%s) - t0 ))"; echo "$1 $(( $(date +%s) - t0 ))s" >> "$TIMES"; }
+TIMES=$(mktemp); trap 'rm -f "$TIMES"' EXIT
+
+stage deps;        sh scripts/deps.sh;                                                   done_stage deps
+stage configure;   cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_DOCS=ON > build-configure.log 2>&1 || { cat build-configure.log; exit 1; }
+                   grep -E '^-- libmoe' build-configure.log; rm -f build-configure.log; done_stage configure
+stage build;       cmake --build build/release -j "$JOBS";                               done_stage build
+stage test;        ctest --test-dir build/release -j "$JOBS" --output-on-failure;        done_stage test
+stage asan-build;  cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE=ON -DMOE_CUDA=OFF -DMOE_BUILD_DOCS=OFF > /dev/null
+                   cmake --build build/asan -j "$JOBS";                                  done_stage asan-build
+stage asan-test;   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+                   ctest --test-dir build/asan -j "$JOBS" --output-on-failure -LE no-sanitize; done_stage asan-test
+
+printf '\nstage times:\n'; cat "$TIMES"
+printf 'total: %ss\n' "$(( $(date +%s) - t_all ))"
