@@ -20,7 +20,7 @@ install(FILES ${PROJECT_BINARY_DIR}/moeConfig.cmake ${PROJECT_BINARY_DIR}/moeCon
 
 # pkg-config: the shared library needs nothing from its users' link line; private deps are listed
 # for static linking only.
-set(MOE_PC_REQUIRES_PRIVATE "openblas")
+set(MOE_PC_REQUIRES_PRIVATE "openblas libcjson")
 set(MOE_PC_LIBS_PRIVATE "-fopenmp -lpthread -lm")
 if(MOE_CUDA)
   string(APPEND MOE_PC_LIBS_PRIVATE " -L${CUDAToolkit_LIBRARY_DIR} -lcublas -lcudart")

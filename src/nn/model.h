@@ -1,0 +1,48 @@
+/* The model as the library sees it: config, one parameter store, the blocks, and the saved
+ * activations of the last forward. A block computes
+ *     x2 = x + attn(norm1(x));   x3 = x2 + ffn(norm2(x2))
+ * where ffn is a dense MLP or an MoE layer (chosen by the layer pattern). */
+#ifndef MOEI_NN_MODEL_H
+#define MOEI_NN_MODEL_H
+
+#include "moe/layer.h"
+#include "moe/model.h"
+#include "nn/attention_layer.h"
+#include "nn/buffers.h"
+#include "nn/mlp.h"
+#include "nn/moe_layer.h"
+#include "nn/norm_layer.h"
+#include "nn/params.h"
+
+typedef struct moei_block {
+    moei_norm norm1, norm2;
+    moei_attn attn;
+    int is_moe;
+    moei_mlp mlp;
+    moei_moe moe;
+    /* saved forward: block input x, norm outputs, mid residual */
+    moei_buf x, h1, x2, h2;
+    struct moe_layer *attn_handle, *ffn_handle; /* borrowed handles, created on demand */
+} moei_block;
+
+struct moe_model {
+    moe_ctx *ctx;
+    const moe_mesh *mesh;
+    moe_model_config cfg;
+    int32_t head_dim;
+    moei_params params;
+    int32_t embed, pos_embed, lm_head; /* parameter indices; pos_embed/lm_head -1 when absent */
+    moei_norm final_norm;
+    moei_block *blocks;
+    moei_buf rope_cos, rope_sin;
+    uint64_t rng_step; /* advances per training forward, keys router jitter */
+    int has_forward;
+    /* saved forward of the last micro-batch */
+    int64_t batch, seq;
+    moei_buf tokens, positions, x_final, h_final, logits, dx, dh;
+};
+
+/* Forward of one micro-batch through every block into `logits` (model->logits when NULL). */
+moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training);
+
+#endif

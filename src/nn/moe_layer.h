@@ -1,0 +1,62 @@
+/* The MoE sub-layer (DESIGN.md §5): router logits = x·Wrᵀ → scores → top-k (or expert choice) →
+ * dispatch plan (stable counting sort, capacity) → permute → grouped GEMMs over experts (SwiGLU or
+ * GELU) → weighted unpermute, plus an optional always-on shared expert and the router losses.
+ * The backward is the exact reverse, including the router-logit gradients of the combine weights,
+ * the aux loss and the z-loss. Expert weights are [E, out, in] (HF layout per expert). */
+#ifndef MOEI_NN_MOE_LAYER_H
+#define MOEI_NN_MOE_LAYER_H
+
+#include "cpu/dispatch.h"
+#include "moe/model.h"
+#include "core/ops.h"
+#include "nn/buffers.h"
+#include "nn/mlp.h"
+#include "nn/params.h"
+
+typedef struct moei_moe_settings {
+    int32_t d, num_experts, top_k, hidden, activation, router, score_function, shared_hidden;
+    uint32_t renormalize;
+    float capacity_factor, jitter, aux_coef, z_coef, bias_rate;
+} moei_moe_settings;
+
+typedef struct moei_moe {
+    moei_moe_settings s;
+    char prefix[96];
+    int32_t router_w, w1, w3, w2; /* parameter indices; w3 = -1 for GELU experts */
+    int has_shared;
+    moei_mlp shared;
+    float *bias;           /* [E] aux-loss-free selection bias (state, not a parameter) */
+    int64_t *step_counts;  /* [E] routed assignments summed over the micro-batches of this step */
+    moei_gemm_problem *problems; /* [E] grouped GEMM descriptors, rebuilt per call */
+    /* saved forward */
+    int64_t n;
+    int training;
+    const float *x;
+    moei_buf xr, logits, probs, sel_idx, sel_w, plan_mem, ec_ws, xp, pre, act, yp, shared_y;
+    moei_dispatch_plan plan;
+    int64_t capacity;
+    /* backward scratch */
+    moei_buf d_yp, d_w, d_logits, d_xr;
+    /* last forward's statistics */
+    int has_stats;
+    double aux_loss, z_loss;
+    moei_dispatch_stats stats;
+} moei_moe;
+
+moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s);
+/* y [n, d] = moe(x). training != 0 applies jitter (keyed by seed, rng_step and token index) and
+ * accumulates step_counts for the bias update. x must stay unchanged until the backward. */
+moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, const float *x, int64_t n, int training,
+                            uint64_t seed, uint64_t rng_step, float *y);
+/* dx (overwritten, or accumulated when accumulate != 0); weight gradients accumulated. The router
+ * losses' gradients are added with weight loss_weight (dy carries the same weight already). */
+moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, const float *dy, float *dx,
+                             int accumulate, float loss_weight);
+/* Apply the aux-loss-free bias update from step_counts, then clear them (once per optimizer step). */
+moe_status moei_moe_end_step(moe_ctx *ctx, moei_moe *m);
+/* Public routing statistics of the last forward (struct_size-versioned copy). */
+moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *stats, int64_t *tokens_per_expert,
+                          int32_t capacity, const char *fn);
+void moei_moe_free(moe_ctx *ctx, moei_moe *m);
+
+#endif

@@ -1,0 +1,146 @@
+/* See params.h. Invariant: entries tile [0, total) in registration order without gaps. */
+#include "nn/params.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/ctx.h"
+#include "core/error.h"
+#include "core/rng.h"
+
+void moei_params_init(moei_params *p, moe_ctx *ctx)
+{
+    memset(p, 0, sizeof *p);
+    p->ctx = ctx;
+}
+
+int32_t moei_params_find(const moei_params *p, const char *name)
+{
+    for (int32_t i = 0; i < p->count; i++)
+        if (strcmp(p->entries[i].name, name) == 0) return i;
+    return -1;
+}
+
+moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
+                           int32_t *index)
+{
+    if (strlen(name) >= MOEI_PARAM_NAME_CAP)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "parameter name '%s' is too long", name);
+    if (moei_params_find(p, name) >= 0)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "parameter '%s' registered twice", name);
+    if (p->count == p->capacity) {
+        int32_t cap = p->capacity ? p->capacity * 2 : 64;
+        moei_param *e = realloc(p->entries, (size_t)cap * sizeof *e);
+        if (!e) return moei_fail(p->ctx, MOE_ERR_OUT_OF_MEMORY, "out of host memory registering parameters");
+        p->entries = e;
+        p->capacity = cap;
+    }
+    moei_param *e = &p->entries[p->count];
+    memset(e, 0, sizeof *e);
+    strcpy(e->name, name);
+    e->ndim = ndim;
+    e->numel = 1;
+    for (int32_t d = 0; d < ndim; d++) {
+        e->shape[d] = shape[d];
+        e->numel *= shape[d];
+    }
+    e->active_numel = e->numel;
+    e->role = role;
+    e->offset = p->total;
+    p->total += e->numel;
+    if (index) *index = p->count;
+    p->count++;
+    return MOE_OK;
+}
+
+moe_status moei_params_alloc(moei_params *p)
+{
+    uint64_t bytes = (uint64_t)p->total * sizeof(float);
+    void *data = NULL, *grad = NULL;
+    moe_status st = moei_ctx_alloc(p->ctx, bytes, &data);
+    if (st != MOE_OK) return st;
+    st = moei_ctx_alloc(p->ctx, bytes, &grad);
+    if (st != MOE_OK) {
+        moei_ctx_free(p->ctx, data, bytes);
+        return st;
+    }
+    p->data = data;
+    p->grad = grad;
+    return MOE_OK;
+}
+
+void moei_params_free(moei_params *p)
+{
+    uint64_t bytes = (uint64_t)p->total * sizeof(float);
+    if (p->data) moei_ctx_free(p->ctx, p->data, bytes);
+    if (p->grad) moei_ctx_free(p->ctx, p->grad, bytes);
+    free(p->entries);
+    memset(p, 0, sizeof *p);
+}
+
+void moei_params_init_values(moei_params *p, uint64_t seed, float init_std)
+{
+    for (int32_t i = 0; i < p->count; i++) {
+        moei_param *e = &p->entries[i];
+        float *d = moei_param_data(p, i);
+        switch (e->role) {
+        case MOEI_PARAM_NORM:
+            for (int64_t j = 0; j < e->numel; j++) d[j] = 1.0f;
+            break;
+        case MOEI_PARAM_BIAS: memset(d, 0, (size_t)e->numel * sizeof *d); break;
+        default: moei_rng_normal_fill(seed, e->name, 0, e->numel, 0.0f, init_std, d); break;
+        }
+    }
+}
+
+void moei_params_zero_grad(moei_params *p)
+{
+    if (p->grad) memset(p->grad, 0, (size_t)p->total * sizeof(float));
+}
+
+moe_status moei_params_info(const moei_params *p, int32_t index, char *name, uint32_t name_capacity, int32_t *ndim,
+                            int64_t *shape, const char *fn)
+{
+    if (index < 0 || index >= p->count)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: index %d is not in [0, %d)", fn, (int)index, (int)p->count);
+    const moei_param *e = &p->entries[index];
+    if (name) {
+        size_t n = strlen(e->name);
+        if (name_capacity <= n)
+            return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: name_capacity = %u but the name needs %zu bytes", fn,
+                             (unsigned)name_capacity, n + 1);
+        memcpy(name, e->name, n + 1);
+    }
+    if (ndim) *ndim = e->ndim;
+    if (shape)
+        for (int32_t d = 0; d < e->ndim; d++) shape[d] = e->shape[d];
+    return MOE_OK;
+}
+
+moe_status moei_params_copy_out(const moei_params *p, int32_t index, uint32_t gradient, float *dst, int64_t count,
+                                const char *fn)
+{
+    if (index < 0 || index >= p->count)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: index %d is not in [0, %d)", fn, (int)index, (int)p->count);
+    const moei_param *e = &p->entries[index];
+    if (gradient > 1) return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: gradient = %u (must be 0 or 1)", fn, (unsigned)gradient);
+    if (count != e->numel)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: count = %lld but '%s' has %lld elements", fn, (long long)count,
+                         e->name, (long long)e->numel);
+    if (count > 0 && !dst) return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: dst is NULL", fn);
+    memcpy(dst, (gradient ? p->grad : p->data) + e->offset, (size_t)count * sizeof(float));
+    return MOE_OK;
+}
+
+moe_status moei_params_copy_in(moei_params *p, int32_t index, const float *src, int64_t count, const char *fn)
+{
+    if (index < 0 || index >= p->count)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: index %d is not in [0, %d)", fn, (int)index, (int)p->count);
+    moei_param *e = &p->entries[index];
+    if (count != e->numel)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: count = %lld but '%s' has %lld elements", fn, (long long)count,
+                         e->name, (long long)e->numel);
+    if (count > 0 && !src) return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "%s: src is NULL", fn);
+    memcpy(p->data + e->offset, src, (size_t)count * sizeof(float));
+    return MOE_OK;
+}

@@ -1,0 +1,68 @@
+/* A parameter store: every parameter of a model (or standalone layer) lives in one contiguous fp32
+ * buffer, with its gradient at the same offset of a second buffer (API_STYLE rule 19), so the
+ * optimizer, clipping and all-reduce are flat loops over one array, and checkpoints are simple.
+ * Building is two-phase: layers register named tensors (moei_params_add), then one allocation
+ * (moei_params_alloc) gives every tensor its place; layers then resolve pointers by index. */
+#ifndef MOEI_NN_PARAMS_H
+#define MOEI_NN_PARAMS_H
+
+#include <stdint.h>
+
+#include "moe/ctx.h"
+#include "moe/tensor.h"
+
+#define MOEI_PARAM_NAME_CAP 128
+
+/* How a parameter is initialised and whether weight decay applies. */
+typedef enum moei_param_role {
+    MOEI_PARAM_MATRIX = 0,    /* normal(0, init_std); decayed */
+    MOEI_PARAM_NORM = 1,      /* ones; not decayed by default */
+    MOEI_PARAM_BIAS = 2,      /* zeros; not decayed by default */
+    MOEI_PARAM_EMBEDDING = 3, /* normal(0, init_std); not decayed by default */
+} moei_param_role;
+
+typedef struct moei_param {
+    char name[MOEI_PARAM_NAME_CAP];
+    int32_t ndim;
+    int64_t shape[MOE_TENSOR_MAX_DIMS];
+    int64_t offset; /* in floats, into data and grad */
+    int64_t numel;
+    int32_t role;
+    int64_t active_numel; /* elements used per token (for MoE experts: top_k / num_experts of them) */
+} moei_param;
+
+typedef struct moei_params {
+    moe_ctx *ctx;
+    moei_param *entries;
+    int32_t count;
+    int32_t capacity;
+    int64_t total;
+    float *data;
+    float *grad;
+} moei_params;
+
+void moei_params_init(moei_params *p, moe_ctx *ctx);
+/* Register a tensor; *index receives its position. Fails on a duplicate or over-long name. */
+moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
+                           int32_t *index);
+/* Allocate data and grad (zeroed) for every registered tensor. */
+moe_status moei_params_alloc(moei_params *p);
+void moei_params_free(moei_params *p);
+
+static inline float *moei_param_data(const moei_params *p, int32_t i) { return p->data + p->entries[i].offset; }
+static inline float *moei_param_grad(const moei_params *p, int32_t i) { return p->grad + p->entries[i].offset; }
+
+int32_t moei_params_find(const moei_params *p, const char *name);
+/* Initialise every tensor from its name and role: element i of tensor n is drawn from
+ * Philox(seed, hash(n), i), so any shard on any mesh gets the same values. */
+void moei_params_init_values(moei_params *p, uint64_t seed, float init_std);
+void moei_params_zero_grad(moei_params *p);
+
+/* Public-API helpers shared by model and standalone layers. */
+moe_status moei_params_info(const moei_params *p, int32_t index, char *name, uint32_t name_capacity, int32_t *ndim,
+                            int64_t *shape, const char *fn);
+moe_status moei_params_copy_out(const moei_params *p, int32_t index, uint32_t gradient, float *dst, int64_t count,
+                                const char *fn);
+moe_status moei_params_copy_in(moei_params *p, int32_t index, const float *src, int64_t count, const char *fn);
+
+#endif

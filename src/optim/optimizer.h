@@ -1,0 +1,20 @@
+/* Optimizer internals shared with the train step. */
+#ifndef MOEI_OPTIM_OPTIMIZER_H
+#define MOEI_OPTIM_OPTIMIZER_H
+
+#include "moe/optim.h"
+
+struct moe_optimizer {
+    moe_ctx *ctx;
+    moe_model *model;
+    moe_optimizer_config cfg;
+    int64_t count;      /* elements updated: the model's parameter count */
+    float *m, *v;       /* AdamW moments, or SGD momentum in m (v unused) */
+    uint8_t *decay_mask;
+    int64_t step;       /* updates applied */
+    int64_t skipped_total;
+};
+
+double moei_optimizer_lr(const moe_optimizer_config *c, int64_t step);
+
+#endif

@@ -1,0 +1,4 @@
+list(APPEND MOE_AREA_SOURCES
+  optim/optimizer.c
+  optim/train.c
+)

@@ -1,0 +1,92 @@
+/* moe_train_step: zero grads, run the batch's micro-batches with token-count weights (so the loss
+ * is the mean over every counted target of the batch, whatever the split), then clip and update.
+ * This is the call the pipeline schedule will live behind. */
+#include <math.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "moe/train.h"
+#include "nn/model.h"
+#include "optim/optimizer.h"
+
+MOE_API moe_status moe_batch_init(moe_batch *batch, uint32_t struct_size)
+{
+    moe_batch d;
+    memset(&d, 0, sizeof d);
+    d.micro_batch_size = 1;
+    d.seq_len = 1;
+    d.num_micro_batches = 1;
+    return moei_config_init(batch, struct_size, &d, sizeof d, "moe_batch_init");
+}
+
+MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const moe_batch *batch, moe_step_stats *stats)
+{
+    static const char *fn = "moe_train_step";
+    MOEI_CHECK_NOT_NULL(NULL, model, fn);
+    moe_ctx *ctx = model->ctx;
+    MOEI_CHECK_NOT_NULL(ctx, opt, fn);
+    MOEI_CHECK_NOT_NULL(ctx, batch, fn);
+    if (opt->model != model) return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: the optimizer belongs to another model", fn);
+    moe_batch b;
+    memset(&b, 0, sizeof b);
+    moe_status st = moei_config_read(&b, sizeof b, batch, "moe_batch", fn);
+    if (st != MOE_OK) return moei_fail_msg(ctx, st, moe_last_error());
+    if (stats && stats->struct_size < sizeof(uint32_t))
+        return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: stats->struct_size = %u; set it to sizeof(moe_step_stats)", fn,
+                         (unsigned)stats->struct_size);
+    if (b.micro_batch_size < 1 || b.num_micro_batches < 1 || b.seq_len < 1)
+        return moei_fail(ctx, MOE_ERR_INVALID_ARG,
+                         "%s: moe_batch sizes micro_batch_size = %d, seq_len = %d, num_micro_batches = %d (all >= 1)",
+                         fn, (int)b.micro_batch_size, (int)b.seq_len, (int)b.num_micro_batches);
+    MOEI_CHECK_ARG(ctx, b.tokens != NULL, fn, "moe_batch.tokens is NULL");
+    MOEI_CHECK_ARG(ctx, b.targets != NULL, fn, "moe_batch.targets is NULL");
+    const int64_t per_micro = (int64_t)b.micro_batch_size * b.seq_len;
+    int64_t total = 0;
+    for (int64_t i = 0; i < per_micro * b.num_micro_batches; i++) total += b.targets[i] != -100;
+
+    st = moe_model_zero_grad(model);
+    double loss = 0.0, aux = 0.0, max_load = 0.0;
+    int64_t dropped = 0;
+    for (int32_t mb = 0; st == MOE_OK && mb < b.num_micro_batches; mb++) {
+        const int32_t *tok = b.tokens + mb * per_micro, *tgt = b.targets + mb * per_micro;
+        int64_t count = 0;
+        for (int64_t i = 0; i < per_micro; i++) count += tgt[i] != -100;
+        float weight = total > 0 ? (float)((double)count / (double)total) : 0.0f;
+        double lm = 0.0, ax = 0.0;
+        st = moe_model_forward_backward(model, tok, tgt, b.micro_batch_size, b.seq_len, weight, &lm, &ax);
+        if (st != MOE_OK) break;
+        loss += lm * (double)count;
+        aux += ax * (total > 0 ? (double)count / (double)total : 1.0 / b.num_micro_batches);
+        for (int32_t l = 0; l < model->cfg.num_layers; l++) {
+            const moei_moe *mo = &model->blocks[l].moe;
+            if (!model->blocks[l].is_moe || !mo->has_stats) continue;
+            dropped += mo->stats.n_dropped;
+            double mean = (double)mo->stats.n_rows / (double)mo->s.num_experts;
+            double ratio = mean > 0.0 ? (double)mo->stats.max_kept / mean : 0.0;
+            if (ratio > max_load) max_load = ratio;
+        }
+    }
+    if (st != MOE_OK) return st;
+    moe_optimizer_stats os;
+    memset(&os, 0, sizeof os);
+    os.struct_size = sizeof os;
+    st = moe_optimizer_step(opt, &os);
+    if (st != MOE_OK) return st;
+    if (stats) {
+        moe_step_stats r;
+        memset(&r, 0, sizeof r);
+        r.struct_size = stats->struct_size;
+        r.loss = total > 0 ? loss / (double)total : 0.0;
+        r.aux_loss = aux;
+        r.grad_norm = os.grad_norm;
+        r.lr = os.lr;
+        r.tokens = total;
+        r.dropped = dropped;
+        r.max_load = max_load;
+        r.skipped = os.skipped;
+        r.step = os.step;
+        memcpy(stats, &r, stats->struct_size < sizeof r ? stats->struct_size : sizeof r);
+    }
+    return MOE_OK;
+}
