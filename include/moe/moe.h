@@ -14,5 +14,9 @@
 #include "moe/ctx.h"
 #include "moe/tensor.h"
 #include "moe/mesh.h"
+#include "moe/model.h"
+#include "moe/layer.h"
+#include "moe/optim.h"
+#include "moe/train.h"
 
 #endif /* MOE_MOE_H */

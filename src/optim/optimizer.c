@@ -148,6 +148,11 @@ MOE_API moe_status moe_optimizer_lr_at(const moe_optimizer *opt, int64_t step, d
 
 MOE_API moe_status moe_optimizer_step(moe_optimizer *opt, moe_optimizer_stats *stats)
 {
+    return moei_optimizer_step(opt, 0, stats);
+}
+
+moe_status moei_optimizer_step(moe_optimizer *opt, int force_skip, moe_optimizer_stats *stats)
+{
     static const char *fn = "moe_optimizer_step";
     MOEI_CHECK_NOT_NULL(NULL, opt, fn);
     moe_ctx *ctx = opt->ctx;
@@ -159,8 +164,12 @@ MOE_API moe_status moe_optimizer_step(moe_optimizer *opt, moe_optimizer_stats *s
     int saved = moei_threads_enter(ctx);
     double sumsq = 0.0;
     int32_t finite = 1;
-    moe_status st = moei_cpu_all_finite(ctx, opt->count, p->grad, &finite, NULL);
-    if (st == MOE_OK) st = moei_cpu_sum_squares(ctx, opt->count, p->grad, &sumsq);
+    moe_status st = MOE_OK;
+    if (force_skip)
+        sumsq = NAN;
+    else
+        st = moei_cpu_all_finite(ctx, opt->count, p->grad, &finite, NULL);
+    if (st == MOE_OK && !force_skip) st = moei_cpu_sum_squares(ctx, opt->count, p->grad, &sumsq);
     double norm = sqrt(sumsq);
     double lr = moei_optimizer_lr(&opt->cfg, opt->step);
     int skip = st == MOE_OK && (!finite || !isfinite(norm));

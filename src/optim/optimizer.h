@@ -15,6 +15,9 @@ struct moe_optimizer {
     int64_t skipped_total;
 };
 
+/* moe_optimizer_step; force_skip != 0 skips the update as if the gradients were not finite (the
+ * forward hit a non-finite value and stopped). */
+moe_status moei_optimizer_step(moe_optimizer *opt, int force_skip, moe_optimizer_stats *stats);
 double moei_optimizer_lr(const moe_optimizer_config *c, int64_t step);
 
 #endif

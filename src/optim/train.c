@@ -48,6 +48,7 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
     st = moe_model_zero_grad(model);
     double loss = 0.0, aux = 0.0, max_load = 0.0;
     int64_t dropped = 0;
+    int numeric = 0; /* a micro-batch met a non-finite value: the step is skipped, not failed */
     for (int32_t mb = 0; st == MOE_OK && mb < b.num_micro_batches; mb++) {
         const int32_t *tok = b.tokens + mb * per_micro, *tgt = b.targets + mb * per_micro;
         int64_t count = 0;
@@ -55,6 +56,12 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
         float weight = total > 0 ? (float)((double)count / (double)total) : 0.0f;
         double lm = 0.0, ax = 0.0;
         st = moe_model_forward_backward(model, tok, tgt, b.micro_batch_size, b.seq_len, weight, &lm, &ax);
+        if (st == MOE_ERR_NUMERIC) {
+            numeric = 1;
+            loss = NAN;
+            st = MOE_OK;
+            break;
+        }
         if (st != MOE_OK) break;
         loss += lm * (double)count;
         aux += ax * (total > 0 ? (double)count / (double)total : 1.0 / b.num_micro_batches);
@@ -71,7 +78,7 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
     moe_optimizer_stats os;
     memset(&os, 0, sizeof os);
     os.struct_size = sizeof os;
-    st = moe_optimizer_step(opt, &os);
+    st = moei_optimizer_step(opt, numeric, &os);
     if (st != MOE_OK) return st;
     if (stats) {
         moe_step_stats r;

@@ -1,0 +1,17 @@
+# Regenerates a description into ACTUAL and fails on any byte difference from the committed EXPECTED.
+# Run with cmake -P; inputs: APIDESC, INCLUDE_DIR, HEADER, EXPECTED, ACTUAL, HINT (how to fix it).
+file(REMOVE ${ACTUAL})
+execute_process(COMMAND ${APIDESC} --header ${HEADER} --output ${ACTUAL} ${INCLUDE_DIR} RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "apidesc failed on ${INCLUDE_DIR}/${HEADER} (exit ${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${EXPECTED} ${ACTUAL} RESULT_VARIABLE differs)
+if(NOT differs EQUAL 0)
+  find_program(DIFF_PROGRAM diff)
+  if(DIFF_PROGRAM)
+    execute_process(COMMAND ${DIFF_PROGRAM} -u ${EXPECTED} ${ACTUAL} OUTPUT_VARIABLE delta)
+    string(SUBSTRING "${delta}" 0 6000 delta)
+    message("${delta}")
+  endif()
+  message(FATAL_ERROR "${EXPECTED} differs from what apidesc generates now (${ACTUAL}): ${HINT}")
+endif()
