@@ -18,5 +18,6 @@
 #include "moe/layer.h"
 #include "moe/optim.h"
 #include "moe/train.h"
+#include "moe/hf.h"
 
 #endif /* MOE_MOE_H */

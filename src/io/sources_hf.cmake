@@ -1,0 +1,1 @@
+list(APPEND MOE_AREA_SOURCES io/hf_import.c)
