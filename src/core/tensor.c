@@ -43,14 +43,19 @@ MOE_API moe_status moe_tensor_create(moe_ctx *ctx, int32_t dtype, int32_t ndim, 
     /* The product is checked against a bound that keeps numel * esize inside int64 and size_t. */
     const uint64_t limit = (uint64_t)INT64_MAX / 8;
     uint64_t numel = 1;
+    int empty = 0; /* a zero dimension makes the tensor empty whatever the others are */
     for (int32_t i = 0; i < ndim; i++) {
         if (shape[i] < 0)
             return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: shape[%d] = %lld is negative", fn, (int)i,
                              (long long)shape[i]);
-        if (shape[i] != 0 && numel > limit / (uint64_t)shape[i])
+        empty |= shape[i] == 0;
+    }
+    for (int32_t i = 0; i < ndim && !empty; i++) {
+        if (numel > limit / (uint64_t)shape[i])
             return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: the element count overflows at shape[%d]", fn, (int)i);
         numel *= (uint64_t)shape[i];
     }
+    if (empty) numel = 0;
     moe_tensor *t = calloc(1, sizeof *t);
     if (!t) return moei_fail(ctx, MOE_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     t->ctx = ctx;
@@ -140,6 +145,22 @@ MOE_API moe_status moe_tensor_copy_to(const moe_tensor *t, void *dst, uint64_t n
     return MOE_OK;
 }
 
+/* double -> float rounded to odd: the last bit records inexactness, so a second rounding to a
+ * narrower format (bf16, f16: at least 2 fewer significand bits) gives the correctly rounded
+ * result of the original double instead of a double-rounding error. */
+static float round_to_odd_f32(double v)
+{
+    float f = (float)v;
+    if (!isfinite(f) || (double)f == v) return f;
+    /* truncate toward zero, then set the lowest bit */
+    if (fabs((double)f) > fabs(v)) f = nextafterf(f, 0.0f);
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u |= 1u;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 /* Encode `value` as one element of `dtype` into `pattern`; integer dtypes must get a whole number
  * in range, since silently truncating a fill value hides caller bugs. */
 static moe_status encode_value(moe_ctx *ctx, int32_t dtype, double value, uint8_t pattern[8])
@@ -152,12 +173,12 @@ static moe_status encode_value(moe_ctx *ctx, int32_t dtype, double value, uint8_
         return MOE_OK;
     }
     case MOE_DTYPE_BF16: {
-        uint16_t h = moei_f32_to_bf16((float)value);
+        uint16_t h = moei_f32_to_bf16(round_to_odd_f32(value));
         memcpy(pattern, &h, 2);
         return MOE_OK;
     }
     case MOE_DTYPE_F16: {
-        uint16_t h = moei_f32_to_f16((float)value);
+        uint16_t h = moei_f32_to_f16(round_to_odd_f32(value));
         memcpy(pattern, &h, 2);
         return MOE_OK;
     }
