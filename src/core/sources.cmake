@@ -1,0 +1,1 @@
+list(APPEND MOE_AREA_SOURCES core/rng.c)
