@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <moe/moe.h>
 
@@ -253,6 +254,113 @@ static void test_bad_checkpoints(void **state)
     moe_model_destroy(m2);
 }
 
+/* Re-write the reference checkpoint in the fused expert layout (gate_up_proj [E, 2I, H],
+ * down_proj [E, H, I], mlp.gate) split over two shards with an index, import it, and compare with
+ * the classic import bit for bit. */
+static void test_fused_sharded_layout(void **state)
+{
+    fixture *f = *state;
+    char tmpl[] = "/tmp/moe-hf-fused-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    moei_st_file *src = NULL;
+    assert_int_equal(moei_st_open(f->ctx, DIR "/model.safetensors", &src), MOE_OK);
+    moei_st_writer *w[2] = {NULL, NULL};
+    assert_int_equal(moei_st_writer_create(f->ctx, &w[0]), MOE_OK);
+    assert_int_equal(moei_st_writer_create(f->ctx, &w[1]), MOE_OK);
+    const int64_t E = 4, I = 48, H = 32;
+    float *fused[2][2]; /* [layer][gate_up | down] */
+    char index[8192];
+    int pos = snprintf(index, sizeof index, "{\"metadata\": {}, \"weight_map\": {");
+    int first = 1;
+    for (int l = 0; l < 2; l++) {
+        fused[l][0] = malloc((size_t)(E * 2 * I * H) * sizeof(float));
+        fused[l][1] = malloc((size_t)(E * H * I) * sizeof(float));
+        for (int64_t e = 0; e < E; e++) {
+            char name[128];
+            const moei_st_tensor *t;
+            snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.w1.weight", l, (int)e);
+            t = moei_st_find(src, name);
+            assert_non_null(t);
+            assert_int_equal(moei_st_read_f32(f->ctx, t, 0, I * H, fused[l][0] + e * 2 * I * H), MOE_OK);
+            snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.w3.weight", l, (int)e);
+            t = moei_st_find(src, name);
+            assert_int_equal(moei_st_read_f32(f->ctx, t, 0, I * H, fused[l][0] + e * 2 * I * H + I * H), MOE_OK);
+            snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", l, (int)e);
+            t = moei_st_find(src, name);
+            assert_int_equal(moei_st_read_f32(f->ctx, t, 0, H * I, fused[l][1] + e * H * I), MOE_OK);
+        }
+        char gu[128], dn[128];
+        snprintf(gu, sizeof gu, "model.layers.%d.mlp.experts.gate_up_proj", l);
+        snprintf(dn, sizeof dn, "model.layers.%d.mlp.experts.down_proj", l);
+        const int64_t gshape[3] = {E, 2 * I, H}, dshape[3] = {E, H, I};
+        assert_int_equal(moei_st_writer_add(w[l], gu, MOE_DTYPE_F32, 3, gshape, fused[l][0],
+                                            (uint64_t)(E * 2 * I * H) * 4), MOE_OK);
+        assert_int_equal(moei_st_writer_add(w[l], dn, MOE_DTYPE_F32, 3, dshape, fused[l][1],
+                                            (uint64_t)(E * H * I) * 4), MOE_OK);
+        pos += snprintf(index + pos, sizeof index - (size_t)pos, "%s\"%s\": \"part-%d.safetensors\", \"%s\": \"part-%d.safetensors\"",
+                        first ? "" : ", ", gu, l, dn, l);
+        first = 0;
+    }
+    /* every other tensor: rename the router, keep the rest, put it in the shard of its layer */
+    for (int64_t i = 0; i < moei_st_count(src); i++) {
+        const moei_st_tensor *t = moei_st_at(src, i);
+        if (strstr(t->name, ".experts.")) continue;
+        char name[160];
+        int layer = 0;
+        if (sscanf(t->name, "model.layers.%d.", &layer) != 1) layer = 0;
+        if (strstr(t->name, "block_sparse_moe.gate.weight"))
+            snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", layer);
+        else
+            snprintf(name, sizeof name, "%s", t->name);
+        assert_int_equal(moei_st_writer_add(w[layer], name, t->dtype, t->ndim, t->shape, t->data, t->nbytes), MOE_OK);
+        pos += snprintf(index + pos, sizeof index - (size_t)pos, ", \"%s\": \"part-%d.safetensors\"", name, layer);
+    }
+    pos += snprintf(index + pos, sizeof index - (size_t)pos, "}}");
+    assert_true(pos < (int)sizeof index);
+    char path[512];
+    for (int l = 0; l < 2; l++) {
+        snprintf(path, sizeof path, "%s/part-%d.safetensors", dir, l);
+        assert_int_equal(moei_st_writer_write(w[l], path), MOE_OK);
+        moei_st_writer_destroy(w[l]);
+        free(fused[l][0]);
+        free(fused[l][1]);
+    }
+    moei_st_close(src);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    FILE *fp = fopen(path, "w");
+    fputs(index, fp);
+    fclose(fp);
+
+    moe_model_config c = {.struct_size = sizeof c};
+    assert_int_equal(moe_model_get_config(f->model, &c), MOE_OK);
+    moe_model *a = NULL, *b = NULL;
+    assert_int_equal(moe_model_create(f->ctx, f->mesh, &c, &a), MOE_OK);
+    assert_int_equal(moe_model_create(f->ctx, f->mesh, &c, &b), MOE_OK);
+    assert_int_equal(moe_model_import_hf(a, DIR), MOE_OK);
+    if (moe_model_import_hf(b, dir) != MOE_OK) {
+        print_error("fused import: %s\n", moe_ctx_last_error(f->ctx));
+        fail();
+    }
+    assert_int_equal(a->params.total, b->params.total);
+    assert_memory_equal(a->params.data, b->params.data, (size_t)a->params.total * sizeof(float));
+    /* a weight_map entry escaping the directory is refused */
+    fp = fopen(path, "w");
+    fputs("{\"weight_map\": {\"lm_head.weight\": \"../evil.safetensors\"}}", fp);
+    fclose(fp);
+    assert_int_equal(moe_model_import_hf(b, dir), MOE_ERR_FORMAT);
+    assert_non_null(strstr(moe_ctx_last_error(f->ctx), "not a file name"));
+    moe_model_destroy(a);
+    moe_model_destroy(b);
+    for (int l = 0; l < 2; l++) {
+        snprintf(path, sizeof path, "%s/part-%d.safetensors", dir, l);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_logits_and_router),
         cmocka_unit_test(test_loss_grads_and_adamw),
         cmocka_unit_test(test_bad_checkpoints),
+        cmocka_unit_test(test_fused_sharded_layout),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
