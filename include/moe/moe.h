@@ -19,5 +19,7 @@
 #include "moe/optim.h"
 #include "moe/train.h"
 #include "moe/hf.h"
+#include "moe/generate.h"
+#include "moe/data.h"
 
 #endif /* MOE_MOE_H */
