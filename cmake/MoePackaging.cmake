@@ -20,7 +20,7 @@ install(FILES ${PROJECT_BINARY_DIR}/moeConfig.cmake ${PROJECT_BINARY_DIR}/moeCon
 
 # pkg-config: the shared library needs nothing from its users' link line; private deps are listed
 # for static linking only.
-set(MOE_PC_REQUIRES_PRIVATE "openblas libcjson")
+set(MOE_PC_REQUIRES_PRIVATE "openblas libcjson libxxhash")
 set(MOE_PC_LIBS_PRIVATE "-fopenmp -lpthread -lm")
 if(MOE_CUDA)
   string(APPEND MOE_PC_LIBS_PRIVATE " -L${CUDAToolkit_LIBRARY_DIR} -lcublas -lcudart")
@@ -28,6 +28,9 @@ endif()
 if(MOE_NCCL)
   get_filename_component(_moe_nccl_dir ${MOE_NCCL_LIBRARY} DIRECTORY)
   string(APPEND MOE_PC_LIBS_PRIVATE " -L${_moe_nccl_dir} -lnccl")
+endif()
+if(MOE_MPI)
+  string(APPEND MOE_PC_REQUIRES_PRIVATE " ompi-c")
 endif()
 configure_file(${PROJECT_SOURCE_DIR}/pkgconfig/moe.pc.in ${PROJECT_BINARY_DIR}/moe.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/moe.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -41,6 +41,37 @@ struct moei_comm {
 /* A world of one rank. */
 moe_status moei_comm_self_create(moe_ctx *ctx, moei_comm **out);
 
+/* ---- MPI backend (src/comm/comm_mpi.c) ---------------------------------------------------------
+ * Collective: every rank of MPI_COMM_WORLD calls it. Initialises MPI on first use when the caller
+ * has not (MPI_THREAD_FUNNELED; finalised at exit only if the library initialised it). Returns
+ * MOE_ERR_UNSUPPORTED "built without MPI" in a build without MOE_MPI. Host buffers only. */
+moe_status moei_comm_mpi_create(moe_ctx *ctx, moei_comm **out);
+
+/* 1 when the library was built with the MPI backend, else 0. */
+int32_t moei_comm_mpi_built(void);
+
+/* The world size a launcher (mpirun, mpiexec, srun) announced in this process's environment,
+ * read without initialising MPI: OMPI_COMM_WORLD_SIZE, PMI_SIZE, then (under PMIx or Slurm)
+ * SLURM_STEP_NUM_TASKS. 1 when no launcher is detected; 0 when a launcher is detected (PMIX_RANK,
+ * PMI_RANK) but announced no size. Malformed values are ignored. */
+int32_t moei_comm_world_size_hint(void);
+
+/* Failure agreement. Collective over `c`: every rank passes its local status, and every rank
+ * receives in *global (and as the return value) MOE_OK only if every rank passed MOE_OK; otherwise
+ * the status of the lowest failing rank. Other ranks get that rank's message on their ctx
+ * ("rank R failed: ...", with their own reason appended if they failed for another one); a rank
+ * whose own message is the same keeps it. If the agreement itself cannot
+ * communicate, the result is MOE_ERR_COMM. Control traffic: not counted in bytes_sent.
+ * Layers call it after any step that can fail on some ranks only (a file, an allocation, a
+ * rank-local argument) and before the next collective, so no rank is left waiting in a collective
+ * that a failed rank never enters. `global` may be NULL. */
+moe_status moei_comm_agree(moei_comm *c, moe_status local, moe_status *global);
+
+/* Gather `bytes` of host memory from every rank into `out` (rank-major, size*bytes), whatever the
+ * ctx's device: for control data (statuses, configs, counts) outside the data path. Not counted in
+ * bytes_sent. `in` may not overlap `out`. */
+moe_status moei_comm_host_all_gather(moei_comm *c, const void *in, void *out, size_t bytes);
+
 static inline void moei_comm_destroy(moei_comm *c)
 {
     if (c) c->ops->destroy(c);
