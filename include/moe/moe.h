@@ -21,5 +21,6 @@
 #include "moe/hf.h"
 #include "moe/generate.h"
 #include "moe/data.h"
+#include "moe/checkpoint.h"
 
 #endif /* MOE_MOE_H */
