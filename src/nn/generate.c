@@ -119,6 +119,7 @@ moe_status moei_decoder_forward(moei_decoder *d, const int32_t *tokens, int32_t 
     if (batch < 1 || batch > d->cap || n < 1 || d->len + (int64_t)n > d->max_len)
         return moei_fail(ctx, MOE_ERR_INVALID_ARG, "moei_decoder_forward: %d x %d tokens do not fit (%d of %d held)",
                          (int)batch, (int)n, (int)d->len, (int)d->max_len);
+    m->forward_count++; /* the blocks' saved activations are replaced (borrowed layers must notice) */
     moe_status st = reserve_f32(ctx, &d->x, N * dm);
     if (st == MOE_OK) st = reserve_f32(ctx, &d->h, N * dm);
     if (st == MOE_OK) st = reserve_f32(ctx, &d->x2, N * dm);

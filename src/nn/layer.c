@@ -11,6 +11,7 @@
 #include "nn/layer_internal.h"
 #include "nn/model.h"
 #include "nn/model_config.h"
+#include "parallel/mesh.h"
 
 struct moe_layer {
     moe_ctx *ctx;
@@ -29,6 +30,7 @@ struct moe_layer {
     int32_t param_count;
     int64_t batch, seq;
     int has_forward;
+    uint64_t model_forwards; /* borrowed: the model's forward count when this layer ran its forward */
     moei_buf x, h, dh, scratch;
 };
 
@@ -147,7 +149,8 @@ MOE_API moe_status moe_layer_create(moe_ctx *ctx, const moe_mesh *mesh, const mo
     if (c.kind == MOE_LAYER_MOE) {
         moei_moe_settings s = {c.d_model, c.num_experts, c.top_k, c.hidden, c.activation, c.router,
                                c.score_function, c.shared_expert_hidden, c.renormalize, c.capacity_factor,
-                               c.jitter, c.aux_loss_coef, c.z_loss_coef, c.bias_update_rate};
+                               c.jitter, c.aux_loss_coef, c.z_loss_coef, c.bias_update_rate, 1, 0, NULL};
+        moei_mesh_expert_settings(mesh, &s);
         st = moei_moe_register(&l->moe, &l->own, "layer", &s);
     } else {
         st = moei_mlp_register(&l->mlp, &l->own, "layer", c.d_model, c.hidden, c.activation);
@@ -300,6 +303,7 @@ MOE_API moe_status moe_layer_forward(moe_layer *layer, const float *x, int32_t b
         layer->has_forward = 1;
         layer->batch = batch;
         layer->seq = seq_len;
+        if (layer->borrowed) layer->model_forwards = ++layer->model->forward_count;
     }
     return st;
 }
@@ -312,6 +316,14 @@ MOE_API moe_status moe_layer_backward(moe_layer *layer, const float *dy, float *
     MOEI_CHECK_NOT_NULL(ctx, dy, fn);
     MOEI_CHECK_NOT_NULL(ctx, dx, fn);
     if (!layer->has_forward) return moei_fail(ctx, MOE_ERR_STATE, "%s: no forward pass to go back through", fn);
+    /* The saved activations are consumed by the backward, and a borrowed layer shares them with its
+     * model: anything that ran through the model since this layer's forward has replaced them. */
+    if (layer->borrowed && layer->model->forward_count != layer->model_forwards) {
+        layer->has_forward = 0;
+        return moei_fail(ctx, MOE_ERR_STATE,
+                         "%s: the model ran another forward since this layer's forward; run the layer's forward again", fn);
+    }
+    layer->has_forward = 0;
     const int64_t n = layer->batch * layer->seq, d = layer_d_model(layer);
     moe_status st = MOE_OK;
     int saved = moei_threads_enter(ctx);

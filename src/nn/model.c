@@ -41,7 +41,8 @@ static moe_status register_block(moe_model *m, int32_t l)
     moei_moe_settings s = {c->d_model, c->moe_num_experts, c->moe_top_k, c->moe_expert_hidden, c->moe_activation,
                            c->moe_router, c->moe_score_function, c->moe_shared_expert_hidden, c->moe_renormalize,
                            c->moe_capacity_factor, c->moe_jitter, c->moe_aux_loss_coef, c->moe_z_loss_coef,
-                           c->moe_bias_update_rate};
+                           c->moe_bias_update_rate, 1, 0, NULL};
+    moei_mesh_expert_settings(m->mesh, &s);
     snprintf(prefix, sizeof prefix, "layers.%d.moe", (int)l);
     return moei_moe_register(&b->moe, p, prefix, &s);
 }
@@ -55,9 +56,17 @@ MOE_API moe_status moe_model_create(moe_ctx *ctx, const moe_mesh *mesh, const mo
     moe_model_config c;
     moe_status st = moei_model_config_load(ctx, cfg, &c, fn);
     if (st != MOE_OK) return st;
-    if (mesh->size[MOE_AXIS_WORLD] != 1)
-        return moei_fail(ctx, MOE_ERR_UNSUPPORTED, "%s: the model runs on a world of one rank in this build (mesh has %d)",
-                         fn, (int)mesh->size[MOE_AXIS_WORLD]);
+    /* Data and expert parallelism are implemented; the other axes are refused by name. */
+    if (mesh->size[MOE_AXIS_TP] > 1 || mesh->size[MOE_AXIS_PP] > 1 || mesh->size[MOE_AXIS_ETP] > 1 ||
+        mesh->cfg.sequence_parallel)
+        return moei_fail(ctx, MOE_ERR_UNSUPPORTED,
+                         "%s: the mesh asks for tp = %d, pp = %d, etp = %d, sequence_parallel = %u; this version "
+                         "trains with data and expert parallelism (dp, ep) only",
+                         fn, (int)mesh->size[MOE_AXIS_TP], (int)mesh->size[MOE_AXIS_PP], (int)mesh->size[MOE_AXIS_ETP],
+                         (unsigned)mesh->cfg.sequence_parallel);
+    if (c.moe_num_experts > 0 && c.moe_num_experts % mesh->size[MOE_AXIS_EP] != 0)
+        return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: moe_model_config.moe_num_experts = %d does not divide over ep = %d",
+                         fn, (int)c.moe_num_experts, (int)mesh->size[MOE_AXIS_EP]);
     if (!moei_ctx_ops(ctx)) return MOE_ERR_UNSUPPORTED;
 
     moe_model *m = calloc(1, sizeof *m);
@@ -162,6 +171,7 @@ moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch
     const int64_t n = batch * seq, d = c->d_model, V = c->vocab_size;
     moei_params *p = &m->params;
     m->has_forward = 0;
+    m->forward_count++;
     moe_status st = moei_buf_reserve(ctx, &m->tokens, (uint64_t)n * sizeof(int32_t));
     if (st == MOE_OK) st = moei_buf_reserve(ctx, &m->positions, (uint64_t)n * sizeof(int32_t));
     for (int32_t l = 0; st == MOE_OK && l < c->num_layers; l++) {
@@ -437,27 +447,40 @@ MOE_API moe_status moe_model_upcycle(moe_model *model, const moe_model *dense)
                          "moe_activation (%d/%d)",
                          fn, (int)b->ffn_hidden, (int)b->ffn_activation, (int)a->moe_expert_hidden,
                          (int)a->moe_activation);
-    /* Every dense tensor must exist in the MoE model with the same shape, except MLPs that become experts. */
+#define SAME(field)                                                                                    \
+    if (a->field != b->field)                                                                          \
+        return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: moe_model_config.%s differs (%g here, %g in the source)", \
+                         fn, #field, (double)a->field, (double)b->field);
+    SAME(vocab_size) SAME(max_seq_len) SAME(d_model) SAME(num_layers) SAME(num_heads) SAME(num_kv_heads)
+    SAME(head_dim) SAME(position) SAME(rope_theta) SAME(norm) SAME(norm_eps) SAME(tie_embeddings)
+#undef SAME
+    /* Check every tensor before copying any, so a failure changes nothing. */
     const moei_params *src = &dense->params;
     moei_params *dst = &model->params;
-    for (int32_t i = 0; i < src->count; i++) {
-        const moei_param *e = &src->entries[i];
-        int layer = -1;
-        char kind[16] = "";
-        if (sscanf(e->name, "layers.%d.mlp.%15s", &layer, kind) == 2 && layer >= 0 && layer < a->num_layers &&
-            model->blocks[layer].is_moe) {
-            const moei_moe *mo = &model->blocks[layer].moe;
-            int32_t target = strcmp(kind, "w1") == 0 ? mo->w1 : strcmp(kind, "w3") == 0 ? mo->w3 : mo->w2;
-            for (int32_t x = 0; x < a->moe_num_experts; x++)
-                memcpy(moei_param_data(dst, target) + (int64_t)x * e->numel, moei_param_data(src, i),
-                       (size_t)e->numel * sizeof(float));
-            continue;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int32_t i = 0; i < src->count; i++) {
+            const moei_param *e = &src->entries[i];
+            int layer = -1;
+            char kind[16] = "";
+            if (sscanf(e->name, "layers.%d.mlp.%15s", &layer, kind) == 2 && layer >= 0 && layer < a->num_layers &&
+                model->blocks[layer].is_moe) {
+                const moei_moe *mo = &model->blocks[layer].moe;
+                int32_t target = strcmp(kind, "w1") == 0 ? mo->w1 : strcmp(kind, "w3") == 0 ? mo->w3 : mo->w2;
+                if (target < 0 || dst->entries[target].numel != e->numel * mo->local_experts)
+                    return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: dense '%s' does not fit the experts", fn,
+                                     e->name);
+                if (pass == 1)
+                    for (int32_t x = 0; x < mo->local_experts; x++)
+                        memcpy(moei_param_data(dst, target) + (int64_t)x * e->numel, moei_param_data(src, i),
+                               (size_t)e->numel * sizeof(float));
+                continue;
+            }
+            int32_t j = moei_params_find(dst, e->name);
+            if (j < 0 || dst->entries[j].numel != e->numel)
+                return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: dense tensor '%s' has no same-shaped counterpart",
+                                 fn, e->name);
+            if (pass == 1) memcpy(moei_param_data(dst, j), moei_param_data(src, i), (size_t)e->numel * sizeof(float));
         }
-        int32_t j = moei_params_find(dst, e->name);
-        if (j < 0 || dst->entries[j].numel != e->numel)
-            return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: dense tensor '%s' has no same-shaped counterpart", fn,
-                             e->name);
-        memcpy(moei_param_data(dst, j), moei_param_data(src, i), (size_t)e->numel * sizeof(float));
     }
     return MOE_OK;
 }

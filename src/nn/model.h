@@ -37,6 +37,7 @@ struct moe_model {
     moei_buf rope_cos, rope_sin;
     uint64_t rng_step; /* advances per training forward, keys router jitter */
     int has_forward;
+    uint64_t forward_count; /* every forward through the blocks (model, decoder or borrowed layer) */
     /* saved forward of the last micro-batch */
     int64_t batch, seq;
     moei_buf tokens, positions, x_final, h_final, logits, dx, dh;

@@ -6,11 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm/comm.h"
 #include "core/ctx.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "cpu/router.h"
 #include "moe/model.h"
+#include "parallel/mesh.h"
 
 moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s)
 {
@@ -19,21 +21,30 @@ moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, co
     m->s = *s;
     snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
     const int64_t E = s->num_experts, f = s->hidden, d = s->d;
-    const int64_t rshape[2] = {E, d}, inshape[3] = {E, f, d}, outshape[3] = {E, d, f};
+    const int32_t P = s->ep_size > 0 ? s->ep_size : 1;
+    if (P > MOEI_MAX_EP || E % P != 0)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "MoE layer '%s': %lld experts do not divide over ep = %d ranks",
+                         prefix, (long long)E, (int)P);
+    m->ep_size = P;
+    m->ep_rank = s->ep_rank;
+    m->ep_comm = s->ep_comm;
+    m->local_experts = (int32_t)(E / P);
+    const int64_t El = m->local_experts, e0 = (int64_t)m->ep_rank * El;
+    const int64_t rshape[2] = {E, d}, inshape[3] = {El, f, d}, outshape[3] = {El, d, f};
     m->w3 = -1;
     snprintf(name, sizeof name, "%s.router", prefix);
     moe_status st = moei_params_add(p, name, 2, rshape, MOEI_PARAM_MATRIX, &m->router_w);
     if (st == MOE_OK) {
         snprintf(name, sizeof name, "%s.experts.w1", prefix);
-        st = moei_params_add(p, name, 3, inshape, MOEI_PARAM_MATRIX, &m->w1);
+        st = moei_params_add_shard(p, name, 3, inshape, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, E, e0, &m->w1);
     }
     if (st == MOE_OK && s->activation == MOE_ACTIVATION_SWIGLU) {
         snprintf(name, sizeof name, "%s.experts.w3", prefix);
-        st = moei_params_add(p, name, 3, inshape, MOEI_PARAM_MATRIX, &m->w3);
+        st = moei_params_add_shard(p, name, 3, inshape, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, E, e0, &m->w3);
     }
     if (st == MOE_OK) {
         snprintf(name, sizeof name, "%s.experts.w2", prefix);
-        st = moei_params_add(p, name, 3, outshape, MOEI_PARAM_MATRIX, &m->w2);
+        st = moei_params_add_shard(p, name, 3, outshape, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, E, e0, &m->w2);
     }
     if (st != MOE_OK) return st;
     /* Only top_k of the E experts are active per token (expert choice: k = capacity share). */
@@ -41,7 +52,7 @@ moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, co
     for (int i = 0; i < 3; i++)
         if (expert_params[i] >= 0) {
             moei_param *e = &p->entries[expert_params[i]];
-            e->active_numel = e->numel / E * s->top_k;
+            e->active_numel = e->numel / El * s->top_k; /* per token, of the full expert set */
         }
     if (s->shared_hidden > 0) {
         snprintf(name, sizeof name, "%s.shared_expert", prefix);
@@ -52,7 +63,11 @@ moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, co
     m->bias = calloc((size_t)E, sizeof *m->bias);
     m->step_counts = calloc((size_t)E, sizeof *m->step_counts);
     m->problems = calloc((size_t)E, sizeof *m->problems);
-    if (!m->bias || !m->step_counts || !m->problems)
+    m->ecount = calloc((size_t)E + 1, sizeof *m->ecount);
+    m->eoffset = calloc((size_t)E + 1, sizeof *m->eoffset);
+    m->ep_cursor = calloc((size_t)E + 1, sizeof *m->ep_cursor);
+    m->all_counts = calloc((size_t)E * (size_t)P, sizeof *m->all_counts);
+    if (!m->bias || !m->step_counts || !m->problems || !m->ecount || !m->eoffset || !m->ep_cursor || !m->all_counts)
         return moei_fail(p->ctx, MOE_ERR_OUT_OF_MEMORY, "out of host memory creating MoE layer '%s'", prefix);
     return MOE_OK;
 }
@@ -62,10 +77,10 @@ static moe_status reserve(moe_ctx *ctx, moei_buf *b, int64_t count, size_t esize
     return moei_buf_reserve(ctx, b, (uint64_t)count * esize);
 }
 
-/* Describe one grouped GEMM over the experts' row blocks of the plan. Per expert e with r_e rows at
- * row offset o_e: A_e = a + o_e·a_row (or a + e·a_mat), B_e = b + e·b_mat, C_e likewise. */
+/* Describe one grouped GEMM over the local experts' row blocks (expert-major rows: expert e has
+ * ecount[e] rows at row offset eoffset[e]): A_e = a + o_e·a_row + e·a_mat, likewise B and C. */
 typedef struct group_desc {
-    int64_t m_rows_from_plan; /* 1: m = r_e (rows), 0: m fixed */
+    int64_t m_rows_from_plan; /* 1: m = rows of the expert, 0: m fixed */
     int64_t m, n, k;
     const float *a;
     int64_t lda, a_row, a_mat;
@@ -80,9 +95,8 @@ static moe_status run_grouped(moe_ctx *ctx, moei_moe *m, int32_t ta, int32_t tb,
 {
     const moei_ops *ops = moei_ctx_ops(ctx);
     if (!ops) return MOE_ERR_UNSUPPORTED;
-    const moei_dispatch_plan *plan = &m->plan;
-    for (int32_t e = 0; e < m->s.num_experts; e++) {
-        int64_t rows = plan->counts[e], off = plan->offsets[e];
+    for (int32_t e = 0; e < m->local_experts; e++) {
+        int64_t rows = m->ecount[e], off = m->eoffset[e];
         moei_gemm_problem *pr = &m->problems[e];
         pr->m = g->m_rows_from_plan ? rows : g->m;
         pr->n = g->n;
@@ -94,7 +108,95 @@ static moe_status run_grouped(moe_ctx *ctx, moei_moe *m, int32_t ta, int32_t tb,
         pr->c = g->c + off * g->c_row + e * g->c_mat;
         pr->ldc = g->ldc;
     }
-    return ops->grouped_gemm(ctx, ta, tb, 1.0f, beta, m->problems, m->s.num_experts);
+    return ops->grouped_gemm(ctx, ta, tb, 1.0f, beta, m->problems, m->local_experts);
+}
+
+/* ---- expert parallelism: rows travel to the rank that owns their expert and back ---------------
+ * After the exchange, rows arrive grouped by source rank, each source's rows in local-expert order;
+ * the expert GEMMs want them grouped by expert, so a reorder runs on each side (Megatron-Core's
+ * "sort chunks by index"). With ep = 1 every step below is skipped and the plan's rows are used as
+ * they are. */
+
+/* Exchange every rank's per-expert row counts and derive the send/receive layouts. */
+static moe_status ep_layout(moe_ctx *ctx, moei_moe *m)
+{
+    (void)ctx;
+    const int32_t P = m->ep_size, E = m->s.num_experts, El = m->local_experts, me = m->ep_rank;
+    moe_status st = m->ep_comm->ops->all_gather(m->ep_comm, m->plan.counts, m->all_counts, E, MOE_DTYPE_I32);
+    if (st != MOE_OK) return st;
+    int64_t recv_total = 0;
+    for (int32_t r = 0; r < P; r++) {
+        m->send_count[r] = 0;
+        for (int32_t e = r * El; e < (r + 1) * El; e++) m->send_count[r] += m->plan.counts[e];
+        m->send_offset[r] = m->plan.offsets[r * El];
+        m->recv_count[r] = 0;
+        for (int32_t e = 0; e < El; e++) m->recv_count[r] += m->all_counts[(int64_t)r * E + me * El + e];
+        m->recv_offset[r] = recv_total;
+        recv_total += m->recv_count[r];
+    }
+    int64_t off = 0;
+    for (int32_t e = 0; e < El; e++) {
+        m->eoffset[e] = off;
+        m->ecount[e] = 0;
+        for (int32_t r = 0; r < P; r++) m->ecount[e] += m->all_counts[(int64_t)r * E + me * El + e];
+        off += m->ecount[e];
+    }
+    m->eoffset[El] = off;
+    m->recv_rows = recv_total;
+    return MOE_OK;
+}
+
+/* Rows [source][expert] <-> [expert][source]. to_expert_major = 1 reads src in source-major order. */
+static void ep_reorder(const moei_moe *m, const float *src, float *dst, int64_t d, int to_expert_major)
+{
+    const int32_t P = m->ep_size, E = m->s.num_experts, El = m->local_experts, me = m->ep_rank;
+    int64_t src_row = 0;
+    int64_t *cursor = m->ep_cursor;
+    for (int32_t e = 0; e < El; e++) cursor[e] = m->eoffset[e];
+    for (int32_t r = 0; r < P; r++)
+        for (int32_t e = 0; e < El; e++) {
+            int64_t rows = m->all_counts[(int64_t)r * E + me * El + e];
+            const float *a = to_expert_major ? src + src_row * d : src + cursor[e] * d;
+            float *b = to_expert_major ? dst + cursor[e] * d : dst + src_row * d;
+            memcpy(b, a, (size_t)(rows * d) * sizeof(float));
+            cursor[e] += rows;
+            src_row += rows;
+        }
+}
+
+/* Send plan-ordered rows `xp` [S, d] to the expert owners; they arrive in xe expert-major. */
+static moe_status ep_dispatch(moe_ctx *ctx, moei_moe *m, const float *xp, float *xe, int64_t d)
+{
+    (void)ctx;
+    const int32_t P = m->ep_size;
+    int64_t sc[MOEI_MAX_EP], so[MOEI_MAX_EP], rc[MOEI_MAX_EP], ro[MOEI_MAX_EP];
+    for (int32_t r = 0; r < P; r++) {
+        sc[r] = m->send_count[r] * d;
+        so[r] = m->send_offset[r] * d;
+        rc[r] = m->recv_count[r] * d;
+        ro[r] = m->recv_offset[r] * d;
+    }
+    float *stage = MOEI_BUF_F32(m->ep_stage);
+    moe_status st = m->ep_comm->ops->all_to_all_v(m->ep_comm, xp, sc, so, stage, rc, ro, MOE_DTYPE_F32);
+    if (st == MOE_OK) ep_reorder(m, stage, xe, d, 1);
+    return st;
+}
+
+/* The reverse: expert-major rows `ye` go back to their source ranks, landing plan-ordered in yp. */
+static moe_status ep_return(moe_ctx *ctx, moei_moe *m, const float *ye, float *yp, int64_t d)
+{
+    (void)ctx;
+    const int32_t P = m->ep_size;
+    int64_t sc[MOEI_MAX_EP], so[MOEI_MAX_EP], rc[MOEI_MAX_EP], ro[MOEI_MAX_EP];
+    for (int32_t r = 0; r < P; r++) {
+        sc[r] = m->recv_count[r] * d;
+        so[r] = m->recv_offset[r] * d;
+        rc[r] = m->send_count[r] * d;
+        ro[r] = m->send_offset[r] * d;
+    }
+    float *stage = MOEI_BUF_F32(m->ep_stage);
+    ep_reorder(m, ye, stage, d, 0);
+    return m->ep_comm->ops->all_to_all_v(m->ep_comm, stage, sc, so, yp, rc, ro, MOE_DTYPE_F32);
 }
 
 moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, const float *x, int64_t n, int training,
@@ -106,6 +208,7 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     const int32_t E = s->num_experts, k = s->top_k;
     const int64_t d = s->d, f = s->hidden, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
     const int expert_choice = s->router == MOE_ROUTER_EXPERT_CHOICE;
+    const int ep = m->ep_size > 1;
     int64_t capacity, n_slots;
     if (expert_choice) {
         capacity = moei_router_capacity(n, E, k, s->capacity_factor);
@@ -116,7 +219,6 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
         capacity = moei_router_capacity(n, E, k, s->capacity_factor);
         n_slots = n * k;
     }
-    const int64_t max_rows = n_slots;
     moe_status st = MOE_OK;
     if (s->jitter > 0.0f && training) st = reserve(ctx, &m->xr, n * d, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->logits, n * E, sizeof(float));
@@ -127,10 +229,8 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     if (st == MOE_OK) st = moei_buf_reserve(ctx, &m->plan_mem, plan_bytes);
     if (st == MOE_OK && expert_choice)
         st = moei_buf_reserve(ctx, &m->ec_ws, moei_router_expert_choice_workspace_size(n, E));
-    if (st == MOE_OK) st = reserve(ctx, &m->xp, max_rows * d, sizeof(float));
-    if (st == MOE_OK) st = reserve(ctx, &m->pre, max_rows * pw, sizeof(float));
-    if (st == MOE_OK) st = reserve(ctx, &m->act, max_rows * f, sizeof(float));
-    if (st == MOE_OK) st = reserve(ctx, &m->yp, max_rows * d, sizeof(float));
+    if (st == MOE_OK) st = reserve(ctx, &m->xp, n_slots * d, sizeof(float));
+    if (st == MOE_OK) st = reserve(ctx, &m->yp, n_slots * d, sizeof(float));
     if (st == MOE_OK && m->has_shared) st = reserve(ctx, &m->shared_y, n * d, sizeof(float));
     if (st != MOE_OK) return st;
     m->n = n;
@@ -147,7 +247,7 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
         snprintf(name, sizeof name, "%s.jitter", m->prefix);
         uint64_t stream = moei_name_hash(name) + rng_step;
         for (int64_t i = 0; i < n * d; i++) {
-            float u = moei_rng_uniform_at(seed, stream, (uint64_t)i);
+            float u = moei_rng_uniform_at(seed, stream, (uint64_t)(m->token_base * d + i));
             j[i] = x[i] * (1.0f - s->jitter + 2.0f * s->jitter * u);
         }
         xr = j;
@@ -167,22 +267,47 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     }
     if (st != MOE_OK) return st;
 
-    float *xp = MOEI_BUF_F32(m->xp), *pre = MOEI_BUF_F32(m->pre), *act = MOEI_BUF_F32(m->act),
-          *yp = MOEI_BUF_F32(m->yp);
-    const int64_t rows = m->plan.n_rows;
+    float *xp = MOEI_BUF_F32(m->xp), *yp = MOEI_BUF_F32(m->yp);
     st = moei_permute(ctx, &m->plan, d, x, xp);
-    /* gate (and up) projections: pre_e [r_e, f] = xp_e · w1[e]ᵀ */
-    group_desc g = {1, 0, f, d, xp, d, d, 0, moei_param_data(p, m->w1), d, 0, f * d, pre, pw, pw, 0};
-    if (st == MOE_OK) st = run_grouped(ctx, m, 0, 1, 0.0f, &g, 0);
+    if (st != MOE_OK) return st;
+    /* The local experts' rows, expert-major: the permuted rows themselves without EP. */
+    float *xe = xp, *ye = yp;
+    if (ep) {
+        st = ep_layout(ctx, m);
+        if (st == MOE_OK) st = reserve(ctx, &m->xe, m->recv_rows * d, sizeof(float));
+        if (st == MOE_OK) st = reserve(ctx, &m->ye, m->recv_rows * d, sizeof(float));
+        int64_t stage_rows = m->recv_rows > m->plan.n_rows ? m->recv_rows : m->plan.n_rows;
+        if (st == MOE_OK) st = reserve(ctx, &m->ep_stage, stage_rows * d, sizeof(float));
+        if (st != MOE_OK) return st;
+        xe = MOEI_BUF_F32(m->xe);
+        ye = MOEI_BUF_F32(m->ye);
+        st = ep_dispatch(ctx, m, xp, xe, d);
+        if (st != MOE_OK) return st;
+    } else {
+        for (int32_t e = 0; e < E; e++) {
+            m->ecount[e] = m->plan.counts[e];
+            m->eoffset[e] = m->plan.offsets[e];
+        }
+        m->eoffset[E] = m->plan.offsets[E];
+    }
+    const int64_t rows = m->eoffset[m->local_experts];
+    st = reserve(ctx, &m->pre, rows * pw, sizeof(float));
+    if (st == MOE_OK) st = reserve(ctx, &m->act, rows * f, sizeof(float));
+    if (st != MOE_OK) return st;
+    float *pre = MOEI_BUF_F32(m->pre), *act = MOEI_BUF_F32(m->act);
+    /* gate (and up) projections: pre_e [r_e, f] = xe_e · w1[e]ᵀ */
+    group_desc g = {1, 0, f, d, xe, d, d, 0, moei_param_data(p, m->w1), d, 0, f * d, pre, pw, pw, 0};
+    st = run_grouped(ctx, m, 0, 1, 0.0f, &g, 0);
     if (st == MOE_OK && m->w3 >= 0) {
         g.b = moei_param_data(p, m->w3);
         g.c = pre + f;
         st = run_grouped(ctx, m, 0, 1, 0.0f, &g, 0);
     }
     if (st == MOE_OK) st = moei_mlp_activate(ctx, s->activation, rows, f, pre, act);
-    /* down projection: yp_e [r_e, d] = act_e · w2[e]ᵀ */
-    group_desc g2 = {1, 0, d, f, act, f, f, 0, moei_param_data(p, m->w2), f, 0, d * f, yp, d, d, 0};
+    /* down projection: ye_e [r_e, d] = act_e · w2[e]ᵀ */
+    group_desc g2 = {1, 0, d, f, act, f, f, 0, moei_param_data(p, m->w2), f, 0, d * f, ye, d, d, 0};
     if (st == MOE_OK) st = run_grouped(ctx, m, 0, 1, 0.0f, &g2, 0);
+    if (st == MOE_OK && ep) st = ep_return(ctx, m, ye, yp, d);
     if (st == MOE_OK) st = moei_unpermute_combine(ctx, &m->plan, d, yp, w, y);
     if (st == MOE_OK && m->has_shared) {
         float *sy = MOEI_BUF_F32(m->shared_y);
@@ -215,9 +340,11 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
     const moei_moe_settings *s = &m->s;
     const int32_t E = s->num_experts, k = s->top_k;
     const int64_t n = m->n, d = s->d, f = s->hidden, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
-    const int64_t rows = m->plan.n_rows, n_slots = m->plan.n_slots;
+    const int64_t n_slots = m->plan.n_slots, rows = m->eoffset[m->local_experts];
     const int expert_choice = s->router == MOE_ROUTER_EXPERT_CHOICE;
-    moe_status st = reserve(ctx, &m->d_yp, rows * d, sizeof(float));
+    const int ep = m->ep_size > 1;
+    moe_status st = reserve(ctx, &m->d_yp, m->plan.n_rows * d, sizeof(float));
+    if (st == MOE_OK && ep) st = reserve(ctx, &m->d_ye, rows * d, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_w, n_slots, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_logits, n * E, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_xr, n * d, sizeof(float));
@@ -226,31 +353,35 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
           *yp = MOEI_BUF_F32(m->yp), *w = MOEI_BUF_F32(m->sel_w), *d_yp = MOEI_BUF_F32(m->d_yp),
           *d_w = MOEI_BUF_F32(m->d_w), *d_logits = MOEI_BUF_F32(m->d_logits), *d_xr = MOEI_BUF_F32(m->d_xr);
     const float *logits = MOEI_BUF_F32(m->logits), *probs = MOEI_BUF_F32(m->probs);
+    /* expert-major views: the plan-ordered buffers themselves without EP */
+    float *xe = ep ? MOEI_BUF_F32(m->xe) : xp, *d_ye = ep ? MOEI_BUF_F32(m->d_ye) : d_yp;
 
     st = moei_unpermute_combine_backward(ctx, &m->plan, d, dy, yp, w, d_yp, d_w);
-    /* dW2[e] += d_yp_eᵀ · act_e  ([d, f]) */
-    group_desc gw2 = {0, d, f, 0, d_yp, d, d, 0, act, f, f, 0, moei_param_grad(p, m->w2), f, 0, d * f};
+    if (st == MOE_OK && ep) st = ep_dispatch(ctx, m, d_yp, d_ye, d);
+    /* dW2[e] += d_ye_eᵀ · act_e  ([d, f]) */
+    group_desc gw2 = {0, d, f, 0, d_ye, d, d, 0, act, f, f, 0, moei_param_grad(p, m->w2), f, 0, d * f};
     if (st == MOE_OK) st = run_grouped(ctx, m, 1, 0, 1.0f, &gw2, 1);
-    /* d_act_e = d_yp_e · w2[e]  ([r_e, f]), written over act (already consumed) */
-    group_desc gda = {1, 0, f, d, d_yp, d, d, 0, moei_param_data(p, m->w2), f, 0, d * f, act, f, f, 0};
+    /* d_act_e = d_ye_e · w2[e]  ([r_e, f]), written over act (already consumed) */
+    group_desc gda = {1, 0, f, d, d_ye, d, d, 0, moei_param_data(p, m->w2), f, 0, d * f, act, f, f, 0};
     if (st == MOE_OK) st = run_grouped(ctx, m, 0, 0, 0.0f, &gda, 0);
     if (st == MOE_OK) st = moei_mlp_activate_backward(ctx, s->activation, rows, f, pre, act, pre);
-    /* dW1[e] += d_gate_eᵀ · xp_e ; dW3 likewise with d_up */
-    group_desc gw1 = {0, f, d, 0, pre, pw, pw, 0, xp, d, d, 0, moei_param_grad(p, m->w1), d, 0, f * d};
+    /* dW1[e] += d_gate_eᵀ · xe_e ; dW3 likewise with d_up */
+    group_desc gw1 = {0, f, d, 0, pre, pw, pw, 0, xe, d, d, 0, moei_param_grad(p, m->w1), d, 0, f * d};
     if (st == MOE_OK) st = run_grouped(ctx, m, 1, 0, 1.0f, &gw1, 1);
     if (st == MOE_OK && m->w3 >= 0) {
         gw1.a = pre + f;
         gw1.c = moei_param_grad(p, m->w3);
         st = run_grouped(ctx, m, 1, 0, 1.0f, &gw1, 1);
     }
-    /* d_xp_e = d_gate_e · w1[e] (+ d_up_e · w3[e]), written over xp (already consumed) */
-    group_desc gdx = {1, 0, d, f, pre, pw, pw, 0, moei_param_data(p, m->w1), d, 0, f * d, xp, d, d, 0};
+    /* d_xe_e = d_gate_e · w1[e] (+ d_up_e · w3[e]), written over xe (already consumed) */
+    group_desc gdx = {1, 0, d, f, pre, pw, pw, 0, moei_param_data(p, m->w1), d, 0, f * d, xe, d, d, 0};
     if (st == MOE_OK) st = run_grouped(ctx, m, 0, 0, 0.0f, &gdx, 0);
     if (st == MOE_OK && m->w3 >= 0) {
         gdx.a = pre + f;
         gdx.b = moei_param_data(p, m->w3);
         st = run_grouped(ctx, m, 0, 0, 1.0f, &gdx, 0);
     }
+    if (st == MOE_OK && ep) st = ep_return(ctx, m, xe, xp, d);
     if (st == MOE_OK) st = moei_permute_backward(ctx, &m->plan, d, xp, accumulate, dx);
 
     /* Router: combine-weight gradients through the score function, plus the losses. */
@@ -275,7 +406,7 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
                                      d_xr, d);
     if (st != MOE_OK) return st;
     if (s->jitter > 0.0f && m->training) {
-        /* xr = x ⊙ noise, so dx += d_xr ⊙ noise = d_xr ⊙ xr / x; recompute noise instead of dividing */
+        /* xr = x ⊙ noise, so dx += d_xr ⊙ noise = d_xr ⊙ xr / x */
         const float *xrj = MOEI_BUF_F32(m->xr);
         for (int64_t i = 0; i < n * d; i++) dx[i] += m->x[i] != 0.0f ? d_xr[i] * (xrj[i] / m->x[i]) : 0.0f;
     } else {
@@ -295,13 +426,19 @@ moe_status moei_moe_end_step(moe_ctx *ctx, moei_moe *m)
 
 void moei_moe_free(moe_ctx *ctx, moei_moe *m)
 {
-    moei_buf *bufs[] = {&m->xr, &m->logits, &m->probs, &m->sel_idx, &m->sel_w, &m->plan_mem, &m->ec_ws, &m->xp,
-                        &m->pre, &m->act, &m->yp, &m->shared_y, &m->d_yp, &m->d_w, &m->d_logits, &m->d_xr};
+    moei_buf *bufs[] = {&m->xr,  &m->logits, &m->probs,    &m->sel_idx, &m->sel_w, &m->plan_mem,
+                        &m->ec_ws, &m->xp,   &m->pre,      &m->act,     &m->yp,    &m->shared_y,
+                        &m->d_yp, &m->d_w,   &m->d_logits, &m->d_xr,    &m->xe,    &m->ye,
+                        &m->d_ye, &m->ep_stage};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) moei_buf_free(ctx, bufs[i]);
     if (m->has_shared) moei_mlp_free(ctx, &m->shared);
     free(m->bias);
     free(m->step_counts);
     free(m->problems);
+    free(m->ecount);
+    free(m->eoffset);
+    free(m->ep_cursor);
+    free(m->all_counts);
 }
 
 moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *stats, int64_t *tokens_per_expert,
@@ -331,4 +468,11 @@ moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *st
     if (tokens_per_expert)
         for (int32_t e = 0; e < m->s.num_experts; e++) tokens_per_expert[e] = m->plan.counts[e];
     return MOE_OK;
+}
+
+void moei_mesh_expert_settings(const struct moe_mesh *mesh, moei_moe_settings *s)
+{
+    s->ep_size = mesh->size[MOE_AXIS_EP];
+    s->ep_rank = mesh->rank[MOE_AXIS_EP];
+    s->ep_comm = s->ep_size > 1 ? moei_mesh_comm(mesh, MOE_AXIS_EP) : NULL;
 }

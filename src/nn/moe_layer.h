@@ -13,10 +13,18 @@
 #include "nn/mlp.h"
 #include "nn/params.h"
 
+/* Most expert-parallel ranks one layer spans (sizes fixed-size exchange arrays). */
+#define MOEI_MAX_EP 1024
+
+struct moei_comm;
+
 typedef struct moei_moe_settings {
     int32_t d, num_experts, top_k, hidden, activation, router, score_function, shared_hidden;
     uint32_t renormalize;
     float capacity_factor, jitter, aux_coef, z_coef, bias_rate;
+    /* expert parallelism: this rank holds experts [ep_rank·E/ep_size, (ep_rank+1)·E/ep_size) */
+    int32_t ep_size, ep_rank;
+    struct moei_comm *ep_comm; /* NULL when ep_size is 1 */
 } moei_moe_settings;
 
 typedef struct moei_moe {
@@ -28,15 +36,24 @@ typedef struct moei_moe {
     float *bias;           /* [E] aux-loss-free selection bias (state, not a parameter) */
     int64_t *step_counts;  /* [E] routed assignments summed over the micro-batches of this step */
     moei_gemm_problem *problems; /* [E] grouped GEMM descriptors, rebuilt per call */
+    int32_t ep_size, ep_rank, local_experts;
+    struct moei_comm *ep_comm;
+    int64_t *ecount, *eoffset;   /* rows per local expert and their offsets, expert-major [El + 1] */
+    int64_t *ep_cursor;          /* scratch for the reorders */
+    int32_t *all_counts;         /* [ep][E] every ep rank's rows per expert (EP only) */
+    int64_t send_count[MOEI_MAX_EP], send_offset[MOEI_MAX_EP], recv_count[MOEI_MAX_EP], recv_offset[MOEI_MAX_EP];
+    int64_t recv_rows;
+    int64_t token_base;          /* global index of this rank's first token (keys jitter) */
     /* saved forward */
     int64_t n;
     int training;
     const float *x;
     moei_buf xr, logits, probs, sel_idx, sel_w, plan_mem, ec_ws, xp, pre, act, yp, shared_y;
+    moei_buf xe, ye, ep_stage; /* EP: local experts' rows, expert-major, and the exchange staging */
     moei_dispatch_plan plan;
     int64_t capacity;
     /* backward scratch */
-    moei_buf d_yp, d_w, d_logits, d_xr;
+    moei_buf d_yp, d_w, d_logits, d_xr, d_ye;
     /* last forward's statistics */
     int has_stats;
     double aux_loss, z_loss;
@@ -57,6 +74,9 @@ moe_status moei_moe_end_step(moe_ctx *ctx, moei_moe *m);
 /* Public routing statistics of the last forward (struct_size-versioned copy). */
 moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *stats, int64_t *tokens_per_expert,
                           int32_t capacity, const char *fn);
+/* Fill the expert-parallel fields of `s` from a mesh (ep size, rank and communicator). */
+struct moe_mesh;
+void moei_mesh_expert_settings(const struct moe_mesh *mesh, moei_moe_settings *s);
 void moei_moe_free(moe_ctx *ctx, moei_moe *m);
 
 #endif

@@ -24,6 +24,12 @@ int32_t moei_params_find(const moei_params *p, const char *name)
 moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
                            int32_t *index)
 {
+    return moei_params_add_shard(p, name, ndim, shape, role, MOEI_GROUP_DENSE, ndim > 0 ? shape[0] : 1, 0, index);
+}
+
+moe_status moei_params_add_shard(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
+                                 int32_t group, int64_t full_dim0, int64_t shard_start, int32_t *index)
+{
     if (strlen(name) >= MOEI_PARAM_NAME_CAP)
         return moei_fail(p->ctx, MOE_ERR_INVALID_ARG, "parameter name '%s' is too long", name);
     if (moei_params_find(p, name) >= 0)
@@ -42,12 +48,15 @@ moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const
     e->numel = 1;
     for (int32_t d = 0; d < ndim; d++) {
         e->shape[d] = shape[d];
+        e->full_shape[d] = shape[d];
         e->numel *= shape[d];
     }
+    if (ndim > 0) e->full_shape[0] = full_dim0;
+    e->shard_start = shard_start;
+    e->group = group;
     e->active_numel = e->numel;
     e->role = role;
-    e->offset = p->total;
-    p->total += e->numel;
+    e->offset = -1; /* assigned by moei_params_alloc */
     if (index) *index = p->count;
     p->count++;
     return MOE_OK;
@@ -55,6 +64,19 @@ moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const
 
 moe_status moei_params_alloc(moei_params *p)
 {
+    int64_t off = 0;
+    for (int32_t g = 0; g < MOEI_GROUP_COUNT; g++) {
+        int64_t align = p->region_align[g] > 0 ? p->region_align[g] : 1, start = off;
+        for (int32_t i = 0; i < p->count; i++)
+            if (p->entries[i].group == g) {
+                p->entries[i].offset = off;
+                off += p->entries[i].numel;
+            }
+        off = start + (off - start + align - 1) / align * align;
+        p->region_offset[g] = start;
+        p->region_size[g] = off - start;
+    }
+    p->total = off;
     uint64_t bytes = (uint64_t)p->total * sizeof(float);
     void *data = NULL, *grad = NULL;
     moe_status st = moei_ctx_alloc(p->ctx, bytes, &data);
@@ -88,7 +110,12 @@ void moei_params_init_values(moei_params *p, uint64_t seed, float init_std)
             for (int64_t j = 0; j < e->numel; j++) d[j] = 1.0f;
             break;
         case MOEI_PARAM_BIAS: memset(d, 0, (size_t)e->numel * sizeof *d); break;
-        default: moei_rng_normal_fill(seed, e->name, 0, e->numel, 0.0f, init_std, d); break;
+        default: {
+            /* a shard draws the logical elements it holds, so every mesh initialises alike */
+            int64_t row = e->ndim > 0 && e->shape[0] > 0 ? e->numel / e->shape[0] : 0;
+            moei_rng_normal_fill(seed, e->name, e->shard_start * row, e->numel, 0.0f, init_std, d);
+            break;
+        }
         }
     }
 }
@@ -113,7 +140,7 @@ moe_status moei_params_info(const moei_params *p, int32_t index, char *name, uin
     }
     if (ndim) *ndim = e->ndim;
     if (shape)
-        for (int32_t d = 0; d < e->ndim; d++) shape[d] = e->shape[d];
+        for (int32_t d = 0; d < e->ndim; d++) shape[d] = e->full_shape[d];
     return MOE_OK;
 }
 

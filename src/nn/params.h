@@ -21,10 +21,22 @@ typedef enum moei_param_role {
     MOEI_PARAM_EMBEDDING = 3, /* normal(0, init_std); not decayed by default */
 } moei_param_role;
 
+/* Which ranks hold copies of a tensor, and so over which group its gradient is summed and its norm
+ * is counted once: dense tensors are replicated over dp, expert tensors over edp (each ep rank
+ * holds its own slice of the experts). Memory holds the dense region first, then the expert one. */
+typedef enum moei_param_group {
+    MOEI_GROUP_DENSE = 0,
+    MOEI_GROUP_EXPERT = 1,
+    MOEI_GROUP_COUNT = 2,
+} moei_param_group;
+
 typedef struct moei_param {
     char name[MOEI_PARAM_NAME_CAP];
     int32_t ndim;
-    int64_t shape[MOE_TENSOR_MAX_DIMS];
+    int64_t shape[MOE_TENSOR_MAX_DIMS];      /* this rank's shard */
+    int64_t full_shape[MOE_TENSOR_MAX_DIMS]; /* the logical tensor */
+    int64_t shard_start;                     /* first index along dimension 0 held here */
+    int32_t group;                           /* a moei_param_group */
     int64_t offset; /* in floats, into data and grad */
     int64_t numel;
     int32_t role;
@@ -36,7 +48,10 @@ typedef struct moei_params {
     moei_param *entries;
     int32_t count;
     int32_t capacity;
-    int64_t total;
+    int64_t total;              /* floats in data/grad, regions and padding included */
+    int64_t region_offset[MOEI_GROUP_COUNT];
+    int64_t region_size[MOEI_GROUP_COUNT]; /* padded to region_align[g] */
+    int64_t region_align[MOEI_GROUP_COUNT]; /* set before alloc (e.g. to the ZeRO shard count); default 1 */
     float *data;
     float *grad;
 } moei_params;
@@ -45,7 +60,12 @@ void moei_params_init(moei_params *p, moe_ctx *ctx);
 /* Register a tensor; *index receives its position. Fails on a duplicate or over-long name. */
 moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
                            int32_t *index);
-/* Allocate data and grad (zeroed) for every registered tensor. */
+/* Register a tensor of which this rank holds rows [shard_start, shard_start + shape[0]) of a
+ * logical tensor whose dimension 0 is full_dim0 (expert parallelism slices experts this way). */
+moe_status moei_params_add_shard(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
+                                 int32_t group, int64_t full_dim0, int64_t shard_start, int32_t *index);
+/* Give every tensor its place (dense region, then expert region, each padded to its alignment)
+ * and allocate data and grad (zeroed). */
 moe_status moei_params_alloc(moei_params *p);
 void moei_params_free(moei_params *p);
 

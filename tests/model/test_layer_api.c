@@ -1,6 +1,10 @@
 /* Public layer API: standalone MoE and dense MLP layers and layers borrowed from a model. Their
  * backward is checked against central finite differences (in double) of their own fp32 forward,
  * for dx and every parameter tensor, in every router mode; then errors, state and determinism. */
+#define _POSIX_C_SOURCE 200809L
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "model/api_util.h"
 
 #define LB 2 /* batch */
@@ -122,7 +126,8 @@ static void test_fd_check_detects_scaled_gradient(void **state)
     (void)state;
     for (size_t i = 0; i < NUM_LAYER_VARIANTS; i++) {
         double worst = run_variant_check(&layer_variants[i], 1.01, 0);
-        if (!(worst > 1.0)) fail_msg("%s: a gradient scaled by 1.01 passed (worst ratio %.3g)", layer_variants[i].name, worst);
+        if (!(worst > 1.0))
+            fail_msg("%s: a gradient scaled by 1.01 passed (worst ratio %.3g)", layer_variants[i].name, worst);
     }
 }
 
@@ -221,8 +226,10 @@ static void test_param_access_errors_and_round_trip(void **state)
     const int64_t n = 4 * 8; /* the router */
     AU_FAILS_CTX(e.ctx, moe_layer_param_info(l, -1, NULL, 0, NULL, NULL), MOE_ERR_INVALID_ARG, "moe_layer_param_info",
                  "index -1");
-    AU_FAILS_CTX(e.ctx, moe_layer_param_info(l, count, NULL, 0, NULL, NULL), MOE_ERR_INVALID_ARG, "index");
-    AU_FAILS_CTX(e.ctx, moe_layer_param_read(l, count, 0, buf, n), MOE_ERR_INVALID_ARG, "moe_layer_param_read", "index");
+    AU_FAILS_CTX(e.ctx, moe_layer_param_info(l, count, NULL, 0, NULL, NULL), MOE_ERR_INVALID_ARG,
+                 "index");
+    AU_FAILS_CTX(e.ctx, moe_layer_param_read(l, count, 0, buf, n), MOE_ERR_INVALID_ARG, "moe_layer_param_read",
+                 "index");
     AU_FAILS_CTX(e.ctx, moe_layer_param_read(l, -1, 0, buf, n), MOE_ERR_INVALID_ARG, "index");
     AU_FAILS_CTX(e.ctx, moe_layer_param_write(l, count, buf, n), MOE_ERR_INVALID_ARG, "moe_layer_param_write", "index");
     AU_FAILS_CTX(e.ctx, moe_layer_param_read(l, 0, 0, buf, n - 1), MOE_ERR_INVALID_ARG, "count");
@@ -825,57 +832,74 @@ static void test_borrowed_layers(void **state)
 /* A borrowed layer shares its sub-layer's saved state with the model: a model forward between the
  * layer's forward and backward must not make the layer's backward use the model's activations (a
  * larger model batch would even size the writes past the layer's buffers). The backward must either
- * give the clean result or refuse with MOE_ERR_STATE. */
-static void test_borrowed_backward_after_model_forward(void **state)
+ * give the clean result or refuse with MOE_ERR_STATE. Each case runs in a child process, because a
+ * wrong backward here corrupts the heap, which can crash or hang the process. */
+static int borrowed_interleave_case(int32_t kind)
 {
-    (void)state;
     au_env e;
     au_env_open(&e, 110);
     moe_model_config mc;
     borrowed_model_config(&mc, 0);
     moe_model *m = NULL;
-    AU_OK(moe_model_create(e.ctx, e.mesh, &mc, &m));
+    if (moe_model_create(e.ctx, e.mesh, &mc, &m) != MOE_OK) return 10;
     enum { SB = 1, ST = 3, SN = SB * ST * LD };
     float x[LN], w[LN], y[LN], dx_clean[SN], dx[SN + 64];
     make_inputs(121, x, w, 1.0);
     int32_t tok[3 * 12];
     tu_tokens(4, mc.vocab_size, 3 * 12, tok, NULL);
-    const int32_t kinds[2] = {MOE_LAYER_ATTENTION, MOE_LAYER_MOE};
+    moe_layer *l = NULL;
+    if (moe_model_layer(m, 1, kind, &l) != MOE_OK) return 11;
+    if (moe_layer_forward(l, x, SB, ST, y) != MOE_OK || moe_layer_backward(l, w, dx_clean) != MOE_OK) return 12;
+    if (moe_layer_forward(l, x, SB, ST, y) != MOE_OK) return 13;
+    if (moe_model_forward(m, tok, 3, 12, NULL, 0) != MOE_OK) return 14; /* 36 tokens through the block */
+    for (int i = 0; i < SN + 64; i++) dx[i] = 12345.0f;
+    moe_status st = moe_layer_backward(l, w, dx);
+    for (int i = SN; i < SN + 64; i++)
+        if (dx[i] != 12345.0f) return 2; /* wrote past the layer's outputs */
+    if (st == MOE_OK && au_rel_diff(dx, dx_clean, SN) > 1e-6) return 3; /* used the model's activations */
+    if (st != MOE_OK && st != MOE_ERR_STATE) return 4;
+    moe_model_destroy(m);
+    au_env_close(&e);
+    return 0;
+}
+
+static void test_borrowed_backward_after_model_forward(void **state)
+{
+    (void)state;
+    static const char *why[] = {"passed", "failed or crashed (see its output)", "wrote past dx",
+                                "gave a dx computed from the model's activations",
+                                "returned a status other than MOE_OK or MOE_ERR_STATE"};
+    const char *kinds[2] = {"0", "2"}; /* MOE_LAYER_ATTENTION, MOE_LAYER_MOE */
     int bad = 0;
     for (int k = 0; k < 2; k++) {
-        moe_layer *l = NULL;
-        AU_OK(moe_model_layer(m, 1, kinds[k], &l));
-        AU_OK(moe_layer_forward(l, x, SB, ST, y));
-        AU_OK(moe_layer_backward(l, w, dx_clean));
-        AU_OK(moe_layer_forward(l, x, SB, ST, y));
-        AU_OK(moe_model_forward(m, tok, 3, 12, NULL, 0)); /* 36 tokens through the same block */
-        for (int i = 0; i < SN + 64; i++) dx[i] = 12345.0f;
-        moe_status st = moe_layer_backward(l, w, dx);
-        for (int i = SN; i < SN + 64; i++)
-            if (dx[i] != 12345.0f) {
-                print_error("%s: backward wrote past the layer's %d outputs\n", k ? "MoE" : "attention", SN);
-                bad++;
-                break;
-            }
-        if (st == MOE_OK) {
-            double r = au_rel_diff(dx, dx_clean, SN);
-            if (r > 1e-6) {
-                print_error("%s: backward after a model forward differs from the clean one by %.3g\n",
-                            k ? "MoE" : "attention", r);
-                bad++;
-            }
-        } else if (st != MOE_ERR_STATE) {
-            print_error("%s: backward returned %s\n", k ? "MoE" : "attention", moe_status_string(st));
+        fflush(NULL);
+        /* a fresh process (fork + exec): a forked child of an OpenMP process cannot use OpenMP */
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            alarm(60); /* survives exec */
+            execl("/proc/self/exe", "test_layer_api", "--borrowed-interleave", kinds[k], (char *)NULL);
+            _exit(127);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        const char *what = k ? "borrowed MoE" : "borrowed attention";
+        if (WIFSIGNALED(status)) {
+            print_error("%s: layer backward after a model forward died with signal %d\n", what, WTERMSIG(status));
+            bad++;
+        } else if (WEXITSTATUS(status) != 0) {
+            int code = WEXITSTATUS(status);
+            print_error("%s: layer backward after a model forward %s (exit code %d)\n", what,
+                        code < 5 ? why[code] : "could not be set up", code);
             bad++;
         }
     }
-    moe_model_destroy(m);
-    au_env_close(&e);
     assert_int_equal(bad, 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--borrowed-interleave") == 0) return borrowed_interleave_case(atoi(argv[2]));
     struct CMUnitTest tests[NUM_LAYER_VARIANTS + 16];
     size_t nt = 0;
     for (size_t i = 0; i < NUM_LAYER_VARIANTS; i++) {

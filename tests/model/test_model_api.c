@@ -392,7 +392,8 @@ static void test_null_arguments(void **state)
     AU_OK(moe_model_param_info(m, 0, NULL, 0, NULL, NULL)); /* every output optional */
     AU_FAILS(moe_model_param_read(NULL, "embed.weight", 0, buf, 104), MOE_ERR_INVALID_ARG, "moe_model_param_read",
              "model");
-    AU_FAILS_CTX(e.ctx, moe_model_param_read(m, NULL, 0, buf, 104), MOE_ERR_INVALID_ARG, "moe_model_param_read", "name");
+    AU_FAILS_CTX(e.ctx, moe_model_param_read(m, NULL, 0, buf, 104), MOE_ERR_INVALID_ARG, "moe_model_param_read",
+                 "name");
     AU_FAILS_CTX(e.ctx, moe_model_param_read(m, "embed.weight", 0, NULL, 104), MOE_ERR_INVALID_ARG,
                  "moe_model_param_read", "dst");
     AU_FAILS(moe_model_param_write(NULL, "embed.weight", buf, 104), MOE_ERR_INVALID_ARG, "moe_model_param_write",
@@ -1369,7 +1370,7 @@ static void test_upcycle_mismatches(void **state)
     x = dc;
     x.vocab_size = 14;
     moe_model *dv = make_model(&e, &x);
-    AU_FAILS_CTX(e.ctx, moe_model_upcycle(moe, dv), MOE_ERR_INVALID_ARG, "moe_model_upcycle", "embed.weight");
+    AU_FAILS_CTX(e.ctx, moe_model_upcycle(moe, dv), MOE_ERR_INVALID_ARG, "moe_model_upcycle", "vocab_size");
     moe_model_destroy(dv);
     moe_model_destroy(dense);
     moe_model_destroy(moe);
