@@ -224,8 +224,8 @@ static moe_status agree_min(moei_comm *c, moe_status local, moe_status *global)
 static moe_status mpi_all_reduce(moei_comm *c, void *buf, int64_t count, int32_t dtype)
 {
     static const char *what = "all_reduce_sum";
-    size_t esize;
-    MPI_Datatype type;
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
     moe_status st = check_args(c, what, count, dtype, &esize, &type);
     if (st == MOE_OK) st = check_sum_dtype(c, what, dtype);
     if (st != MOE_OK) return st;
@@ -264,8 +264,8 @@ static moe_status mpi_all_reduce(moei_comm *c, void *buf, int64_t count, int32_t
 static moe_status mpi_reduce_scatter(moei_comm *c, const void *in, void *out, int64_t count, int32_t dtype)
 {
     static const char *what = "reduce_scatter_sum";
-    size_t esize;
-    MPI_Datatype type;
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
     moe_status st = check_args(c, what, count, dtype, &esize, &type);
     if (st == MOE_OK) st = check_sum_dtype(c, what, dtype);
     if (st != MOE_OK) return st;
@@ -301,8 +301,8 @@ static moe_status mpi_reduce_scatter(moei_comm *c, const void *in, void *out, in
 static moe_status mpi_all_gather(moei_comm *c, const void *in, void *out, int64_t count, int32_t dtype)
 {
     static const char *what = "all_gather";
-    size_t esize;
-    MPI_Datatype type;
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
     moe_status st = check_args(c, what, count, dtype, &esize, &type);
     if (st != MOE_OK) return st;
     if (count > INT_MAX)
@@ -373,8 +373,8 @@ static moe_status mpi_all_to_all_v(moei_comm *c, const void *in, const int64_t *
 static moe_status mpi_broadcast(moei_comm *c, void *buf, int64_t count, int32_t dtype, int32_t root)
 {
     static const char *what = "broadcast";
-    size_t esize;
-    MPI_Datatype type;
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
     moe_status st = check_args(c, what, count, dtype, &esize, &type);
     if (st != MOE_OK) return st;
     if (root < 0 || root >= c->size)
@@ -401,8 +401,8 @@ static moe_status check_peer(moei_comm *c, const char *what, int32_t peer, int32
 static moe_status mpi_send(moei_comm *c, const void *buf, int64_t count, int32_t dtype, int32_t peer, int32_t tag)
 {
     static const char *what = "send";
-    size_t esize;
-    MPI_Datatype type;
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
     moe_status st = check_args(c, what, count, dtype, &esize, &type);
     if (st == MOE_OK) st = check_peer(c, what, peer, tag);
     if (st != MOE_OK) return st;
@@ -419,8 +419,8 @@ static moe_status mpi_send(moei_comm *c, const void *buf, int64_t count, int32_t
 static moe_status mpi_recv(moei_comm *c, void *buf, int64_t count, int32_t dtype, int32_t peer, int32_t tag)
 {
     static const char *what = "recv";
-    size_t esize;
-    MPI_Datatype type;
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
     moe_status st = check_args(c, what, count, dtype, &esize, &type);
     if (st == MOE_OK) st = check_peer(c, what, peer, tag);
     if (st != MOE_OK) return st;

@@ -13,7 +13,9 @@
 #include "core/ops.h"
 #include "cpu/embed.h"
 #include "cpu/loss.h"
+#include "cpu/optim_kernels.h"
 #include "cpu/rope.h"
+#include "comm/comm.h"
 #include "nn/layer_internal.h"
 #include "nn/model_config.h"
 #include "parallel/mesh.h"
@@ -482,5 +484,49 @@ MOE_API moe_status moe_model_upcycle(moe_model *model, const moe_model *dense)
             if (pass == 1) memcpy(moei_param_data(dst, j), moei_param_data(src, i), (size_t)e->numel * sizeof(float));
         }
     }
+    return MOE_OK;
+}
+
+moe_status moei_model_reduce_grads(moe_model *m)
+{
+    const moei_params *p = &m->params;
+    const int32_t axes[MOEI_GROUP_COUNT] = {MOE_AXIS_DP, MOE_AXIS_EDP};
+    for (int32_t g = 0; g < MOEI_GROUP_COUNT; g++) {
+        if (m->mesh->size[axes[g]] <= 1 || p->region_size[g] == 0) continue;
+        moei_comm *c = moei_mesh_comm(m->mesh, axes[g]);
+        moe_status st = c->ops->all_reduce_sum(c, p->grad + p->region_offset[g], p->region_size[g], MOE_DTYPE_F32);
+        if (st != MOE_OK) return st;
+    }
+    return MOE_OK;
+}
+
+moe_status moei_model_grad_sumsq(moe_model *m, double *sumsq, int32_t *finite)
+{
+    const moei_params *p = &m->params;
+    double part[MOEI_GROUP_COUNT] = {0.0, 0.0};
+    int32_t ok[MOEI_GROUP_COUNT] = {1, 1};
+    for (int32_t g = 0; g < MOEI_GROUP_COUNT; g++) {
+        moe_status st = moei_cpu_all_finite(m->ctx, p->region_size[g], p->grad + p->region_offset[g], &ok[g], NULL);
+        if (st == MOE_OK) st = moei_cpu_sum_squares(m->ctx, p->region_size[g], p->grad + p->region_offset[g], &part[g]);
+        if (st != MOE_OK) return st;
+    }
+    /* After the reduction dense gradients are identical on every rank: count them once. Expert
+     * gradients are identical within an edp group and differ across ep ranks: sum over ep. */
+    const int32_t ep = m->mesh->size[MOE_AXIS_EP];
+    if (ep > 1) {
+        moei_comm *c = moei_mesh_comm(m->mesh, MOE_AXIS_EP);
+        double all[MOEI_MAX_EP];
+        int32_t oks[MOEI_MAX_EP];
+        moe_status st = moei_comm_host_all_gather(c, &part[1], all, sizeof(double));
+        if (st == MOE_OK) st = moei_comm_host_all_gather(c, &ok[1], oks, sizeof(int32_t));
+        if (st != MOE_OK) return st;
+        part[1] = 0.0;
+        for (int32_t r = 0; r < ep; r++) { /* rank order: the same sum everywhere */
+            part[1] += all[r];
+            ok[1] &= oks[r];
+        }
+    }
+    *sumsq = part[0] + part[1];
+    *finite = ok[0] && ok[1];
     return MOE_OK;
 }

@@ -43,6 +43,14 @@ struct moe_model {
     moei_buf tokens, positions, x_final, h_final, logits, dx, dh;
 };
 
+/* Sum the gradients over the ranks that hold copies: dense tensors over dp, expert tensors over
+ * edp (no-op on a world of one). Called once per step, after the micro-batches. */
+moe_status moei_model_reduce_grads(moe_model *m);
+/* Global squared gradient norm counting every parameter once over the mesh (replicated ones once,
+ * expert shards summed over ep), the same value on every rank; *finite = 0 if any rank saw a
+ * non-finite gradient. */
+moe_status moei_model_grad_sumsq(moe_model *m, double *sumsq, int32_t *finite);
+
 /* Forward of one micro-batch through every block into `logits` (model->logits when NULL). */
 moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training);
 

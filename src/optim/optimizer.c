@@ -11,7 +11,9 @@
 #include "core/ctx.h"
 #include "core/error.h"
 #include "cpu/optim_kernels.h"
+#include "comm/comm.h"
 #include "nn/model.h"
+#include "parallel/mesh.h"
 
 static void optimizer_config_defaults(moe_optimizer_config *c)
 {
@@ -168,8 +170,7 @@ moe_status moei_optimizer_step(moe_optimizer *opt, int force_skip, moe_optimizer
     if (force_skip)
         sumsq = NAN;
     else
-        st = moei_cpu_all_finite(ctx, opt->count, p->grad, &finite, NULL);
-    if (st == MOE_OK && !force_skip) st = moei_cpu_sum_squares(ctx, opt->count, p->grad, &sumsq);
+        st = moei_model_grad_sumsq(model, &sumsq, &finite);
     double norm = sqrt(sumsq);
     double lr = moei_optimizer_lr(&opt->cfg, opt->step);
     int skip = st == MOE_OK && (!finite || !isfinite(norm));
@@ -191,11 +192,17 @@ moe_status moei_optimizer_step(moe_optimizer *opt, int force_skip, moe_optimizer
     /* Once-per-step MoE work: the bias update uses the counts of every micro-batch of this step. */
     for (int32_t l = 0; st == MOE_OK && l < model->cfg.num_layers; l++)
         if (model->blocks[l].is_moe) {
-            if (skip)
-                memset(model->blocks[l].moe.step_counts, 0,
-                       (size_t)model->blocks[l].moe.s.num_experts * sizeof(int64_t));
-            else
-                st = moei_moe_end_step(ctx, &model->blocks[l].moe);
+            moei_moe *mo = &model->blocks[l].moe;
+            if (skip) {
+                memset(mo->step_counts, 0, (size_t)mo->s.num_experts * sizeof(int64_t));
+                continue;
+            }
+            /* the bias follows the load of the whole global batch */
+            if (model->mesh->size[MOE_AXIS_DP] > 1 && mo->s.bias_rate > 0.0f) {
+                moei_comm *dp = moei_mesh_comm(model->mesh, MOE_AXIS_DP);
+                st = dp->ops->all_reduce_sum(dp, mo->step_counts, mo->s.num_experts, MOE_DTYPE_I64);
+            }
+            if (st == MOE_OK) st = moei_moe_end_step(ctx, mo);
         }
     moei_threads_leave(saved);
     if (st != MOE_OK) return st;

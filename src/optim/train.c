@@ -4,11 +4,13 @@
 #include <math.h>
 #include <string.h>
 
+#include "comm/comm.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "moe/train.h"
 #include "nn/model.h"
 #include "optim/optimizer.h"
+#include "parallel/mesh.h"
 
 MOE_API moe_status moe_batch_init(moe_batch *batch, uint32_t struct_size)
 {
@@ -44,6 +46,15 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
     const int64_t per_micro = (int64_t)b.micro_batch_size * b.seq_len;
     int64_t total = 0;
     for (int64_t i = 0; i < per_micro * b.num_micro_batches; i++) total += b.targets[i] != -100;
+    /* Data parallelism: the loss is the mean over every counted target of the global batch, so each
+     * micro-batch is weighted by its share of the global count. */
+    moei_comm *dp = moei_mesh_comm(model->mesh, MOE_AXIS_DP);
+    const int32_t dp_size = model->mesh->size[MOE_AXIS_DP], dp_rank = model->mesh->rank[MOE_AXIS_DP];
+    if (dp_size > 1) {
+        st = dp->ops->all_reduce_sum(dp, &total, 1, MOE_DTYPE_I64);
+        if (st != MOE_OK) return st;
+    }
+    const int64_t global_micro = (int64_t)b.num_micro_batches * dp_size;
 
     st = moe_model_zero_grad(model);
     double loss = 0.0, aux = 0.0, max_load = 0.0;
@@ -55,6 +66,8 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
         for (int64_t i = 0; i < per_micro; i++) count += tgt[i] != -100;
         float weight = total > 0 ? (float)((double)count / (double)total) : 0.0f;
         double lm = 0.0, ax = 0.0;
+        /* router jitter is keyed by (step, global micro-batch index): the same on every mesh */
+        model->rng_step = (uint64_t)(opt->step * global_micro + (int64_t)dp_rank * b.num_micro_batches + mb);
         st = moe_model_forward_backward(model, tok, tgt, b.micro_batch_size, b.seq_len, weight, &lm, &ax);
         if (st == MOE_ERR_NUMERIC) {
             numeric = 1;
@@ -64,7 +77,7 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
         }
         if (st != MOE_OK) break;
         loss += lm * (double)count;
-        aux += ax * (total > 0 ? (double)count / (double)total : 1.0 / b.num_micro_batches);
+        aux += ax * (total > 0 ? (double)count / (double)total : 1.0 / (double)global_micro);
         for (int32_t l = 0; l < model->cfg.num_layers; l++) {
             const moei_moe *mo = &model->blocks[l].moe;
             if (!model->blocks[l].is_moe || !mo->has_stats) continue;
@@ -74,7 +87,30 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
             if (ratio > max_load) max_load = ratio;
         }
     }
+    /* A non-finite micro-batch on any rank skips the step everywhere. */
+    if (dp_size > 1) {
+        int32_t flag = numeric;
+        if (st == MOE_OK) st = dp->ops->all_reduce_sum(dp, &flag, 1, MOE_DTYPE_I32);
+        numeric = flag > 0;
+    }
+    if (st == MOE_OK) st = moei_model_reduce_grads(model);
     if (st != MOE_OK) return st;
+    if (dp_size > 1) { /* statistics of the global batch */
+        double local[3] = {loss, aux, (double)dropped}, all[3 * 1024];
+        double loads[1024];
+        if (dp_size > 1024) return moei_fail(ctx, MOE_ERR_UNSUPPORTED, "%s: dp > 1024", fn);
+        st = moei_comm_host_all_gather(dp, local, all, sizeof local);
+        if (st == MOE_OK) st = moei_comm_host_all_gather(dp, &max_load, loads, sizeof max_load);
+        if (st != MOE_OK) return st;
+        loss = aux = 0.0;
+        dropped = 0;
+        for (int32_t r = 0; r < dp_size; r++) { /* rank order: the same sum on every rank */
+            loss += all[3 * r];
+            aux += all[3 * r + 1];
+            dropped += (int64_t)all[3 * r + 2];
+            if (loads[r] > max_load) max_load = loads[r];
+        }
+    }
     moe_optimizer_stats os;
     memset(&os, 0, sizeof os);
     os.struct_size = sizeof os;

@@ -326,13 +326,15 @@ static void resume_case(const moe_optimizer_config *oc, int n, int k, int contro
     ck_run_destroy(&b);
 
     if (controls) {
-        /* The RNG step and the bias state are what make this exact: dropping either changes the run. */
+        /* The optimizer step (which keys router jitter inside moe_train_step, together with the
+         * micro-batch index) and the bias state are what make this exact: dropping either changes
+         * the run. */
         for (int which = 0; which < 2; which++) {
             ck_run x;
             ck_run_create(&x, &rc, oc, ri.rng_seed);
             CK_ASSERT_OK(moe_checkpoint_load(x.model, x.opt, root, NULL, NULL, 0));
             if (which == 0) {
-                x.model->rng_step = 0;
+                x.opt->step = 0;
             } else {
                 for (int32_t l = 0; l < rc.num_layers; l++) memset(x.model->blocks[l].moe.bias, 0, 4 * sizeof(float));
             }
@@ -344,7 +346,7 @@ static void resume_case(const moe_optimizer_config *oc, int n, int k, int contro
             ck_state fx;
             ck_snapshot(x.model, x.opt, &fx);
             differs |= memcmp(fx.params, final_s.params, (size_t)fx.total * 4) != 0;
-            if (!differs) fail_msg("control %d: the run did not change without its %s", which, which ? "bias" : "RNG step");
+            if (!differs) fail_msg("control %d: the run did not change without its %s", which, which ? "bias" : "optimizer step");
             ck_state_free(&fx);
             ck_run_destroy(&x);
         }

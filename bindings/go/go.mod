@@ -1,0 +1,3 @@
+module libmoe/bindings/go
+
+go 1.19
