@@ -164,14 +164,11 @@ static moe_status reserve_f32(moe_ctx *ctx, moei_buf *b, int64_t count)
     return moei_buf_reserve(ctx, b, (uint64_t)count * sizeof(float));
 }
 
-moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training)
+moe_status moei_model_prepare(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training)
 {
     moe_ctx *ctx = m->ctx;
-    const moei_ops *ops = moei_ctx_ops(ctx);
-    if (!ops) return MOE_ERR_UNSUPPORTED;
     const moe_model_config *c = &m->cfg;
     const int64_t n = batch * seq, d = c->d_model, V = c->vocab_size;
-    moei_params *p = &m->params;
     m->has_forward = 0;
     m->forward_count++;
     moe_status st = moei_buf_reserve(ctx, &m->tokens, (uint64_t)n * sizeof(int32_t));
@@ -186,39 +183,79 @@ moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch
     if (st == MOE_OK) st = reserve_f32(ctx, &m->x_final, n * d);
     if (st == MOE_OK) st = reserve_f32(ctx, &m->h_final, n * d);
     if (st == MOE_OK) st = reserve_f32(ctx, &m->logits, n * V);
+    if (st == MOE_OK) st = reserve_f32(ctx, &m->dx, n * d);
+    if (st == MOE_OK) st = reserve_f32(ctx, &m->dh, n * d);
     if (st != MOE_OK) return st;
-    memcpy(m->tokens.ptr, tokens, (size_t)n * sizeof(int32_t));
+    if (tokens) memcpy(m->tokens.ptr, tokens, (size_t)n * sizeof(int32_t));
     int32_t *pos = MOEI_BUF_I32(m->positions);
     for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(i % seq);
     m->batch = batch;
     m->seq = seq;
     if (training) m->rng_step++;
+    return MOE_OK;
+}
 
-    float *x0 = MOEI_BUF_F32(m->blocks[0].x);
-    st = moei_cpu_embedding_forward(ctx, n, V, d, moei_param_data(p, m->embed), tokens, x0);
+float *moei_model_block_input(moe_model *m, int32_t l)
+{
+    return l < m->cfg.num_layers ? MOEI_BUF_F32(m->blocks[l].x) : MOEI_BUF_F32(m->x_final);
+}
+
+moe_status moei_model_embed_forward(moe_model *m)
+{
+    const moe_model_config *c = &m->cfg;
+    const int64_t n = m->batch * m->seq, d = c->d_model;
+    float *x0 = moei_model_block_input(m, 0);
+    moe_status st = moei_cpu_embedding_forward(m->ctx, n, c->vocab_size, d, moei_param_data(&m->params, m->embed),
+                                               MOEI_BUF_I32(m->tokens), x0);
     if (st == MOE_OK && m->pos_embed >= 0)
-        st = moei_cpu_pos_embed_add(ctx, n, c->max_seq_len, d, moei_param_data(p, m->pos_embed), pos, x0);
-    for (int32_t l = 0; st == MOE_OK && l < c->num_layers; l++) {
-        moei_block *b = &m->blocks[l];
-        float *x = MOEI_BUF_F32(b->x), *h1 = MOEI_BUF_F32(b->h1), *x2 = MOEI_BUF_F32(b->x2), *h2 = MOEI_BUF_F32(b->h2);
-        float *x3 = l + 1 < c->num_layers ? MOEI_BUF_F32(m->blocks[l + 1].x) : MOEI_BUF_F32(m->x_final);
-        st = moei_norm_forward(ctx, &b->norm1, p, x, n, h1);
-        if (st == MOE_OK) st = moei_attn_forward(ctx, &b->attn, p, h1, batch, seq, x2);
-        if (st != MOE_OK) break;
-        for (int64_t i = 0; i < n * d; i++) x2[i] += x[i];
-        st = moei_norm_forward(ctx, &b->norm2, p, x2, n, h2);
-        if (st != MOE_OK) break;
-        if (b->is_moe)
-            st = moei_moe_forward(ctx, &b->moe, p, h2, n, training, ctx->seed, m->rng_step, x3);
-        else
-            st = moei_mlp_forward(ctx, &b->mlp, p, h2, n, x3);
-        if (st != MOE_OK) break;
-        for (int64_t i = 0; i < n * d; i++) x3[i] += x2[i];
-    }
+        st = moei_cpu_pos_embed_add(m->ctx, n, c->max_seq_len, d, moei_param_data(&m->params, m->pos_embed),
+                                    MOEI_BUF_I32(m->positions), x0);
+    return st;
+}
+
+moe_status moei_block_forward(moe_model *m, int32_t l, int training)
+{
+    moe_ctx *ctx = m->ctx;
+    const int64_t n = m->batch * m->seq, d = m->cfg.d_model;
+    const moei_params *p = &m->params;
+    moei_block *b = &m->blocks[l];
+    float *x = MOEI_BUF_F32(b->x), *h1 = MOEI_BUF_F32(b->h1), *x2 = MOEI_BUF_F32(b->x2), *h2 = MOEI_BUF_F32(b->h2);
+    float *x3 = moei_model_block_input(m, l + 1);
+    moe_status st = moei_norm_forward(ctx, &b->norm1, p, x, n, h1);
+    if (st == MOE_OK) st = moei_attn_forward(ctx, &b->attn, p, h1, m->batch, m->seq, x2);
+    if (st != MOE_OK) return st;
+    for (int64_t i = 0; i < n * d; i++) x2[i] += x[i];
+    st = moei_norm_forward(ctx, &b->norm2, p, x2, n, h2);
+    if (st != MOE_OK) return st;
+    if (b->is_moe)
+        st = moei_moe_forward(ctx, &b->moe, p, h2, n, training, ctx->seed, m->rng_step, x3);
+    else
+        st = moei_mlp_forward(ctx, &b->mlp, p, h2, n, x3);
+    if (st != MOE_OK) return st;
+    for (int64_t i = 0; i < n * d; i++) x3[i] += x2[i];
+    return MOE_OK;
+}
+
+moe_status moei_model_head_forward(moe_model *m)
+{
+    const moei_ops *ops = moei_ctx_ops(m->ctx);
+    if (!ops) return MOE_ERR_UNSUPPORTED;
+    const int64_t n = m->batch * m->seq, d = m->cfg.d_model, V = m->cfg.vocab_size;
+    const moei_params *p = &m->params;
     float *hf = MOEI_BUF_F32(m->h_final);
-    if (st == MOE_OK) st = moei_norm_forward(ctx, &m->final_norm, p, MOEI_BUF_F32(m->x_final), n, hf);
+    moe_status st = moei_norm_forward(m->ctx, &m->final_norm, p, MOEI_BUF_F32(m->x_final), n, hf);
     const float *w_head = moei_param_data(p, m->lm_head >= 0 ? m->lm_head : m->embed);
-    if (st == MOE_OK) st = ops->gemm(ctx, 0, 1, n, V, d, 1.0f, hf, d, w_head, d, 0.0f, MOEI_BUF_F32(m->logits), V);
+    if (st == MOE_OK) st = ops->gemm(m->ctx, 0, 1, n, V, d, 1.0f, hf, d, w_head, d, 0.0f, MOEI_BUF_F32(m->logits), V);
+    return st;
+}
+
+moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training)
+{
+    if (!moei_ctx_ops(m->ctx)) return MOE_ERR_UNSUPPORTED;
+    moe_status st = moei_model_prepare(m, tokens, batch, seq, training);
+    if (st == MOE_OK) st = moei_model_embed_forward(m);
+    for (int32_t l = 0; st == MOE_OK && l < m->cfg.num_layers; l++) st = moei_block_forward(m, l, training);
+    if (st == MOE_OK) st = moei_model_head_forward(m);
     if (st == MOE_OK) m->has_forward = 1;
     return st;
 }
@@ -241,58 +278,83 @@ MOE_API moe_status moe_model_forward(moe_model *model, const int32_t *tokens, in
     return st;
 }
 
-/* Backward of the saved forward with targets; gradients are added into the parameter store. */
-static moe_status model_backward(moe_model *m, const int32_t *targets, float loss_weight, double *lm_loss,
-                                 double *aux_loss)
+moe_status moei_model_head_backward(moe_model *m, const int32_t *targets, float loss_weight, double *loss_sum,
+                                    int64_t *counted_out)
 {
     moe_ctx *ctx = m->ctx;
     const moei_ops *ops = moei_ctx_ops(ctx);
-    const moe_model_config *c = &m->cfg;
-    const int64_t n = m->batch * m->seq, d = c->d_model, V = c->vocab_size;
+    const int64_t n = m->batch * m->seq, d = m->cfg.d_model, V = m->cfg.vocab_size;
     moei_params *p = &m->params;
-    moe_status st = reserve_f32(ctx, &m->dx, n * d);
-    if (st == MOE_OK) st = reserve_f32(ctx, &m->dh, n * d);
-    if (st != MOE_OK) return st;
     float *dx = MOEI_BUF_F32(m->dx), *dh = MOEI_BUF_F32(m->dh), *logits = MOEI_BUF_F32(m->logits);
-
     int64_t counted = 0;
     for (int64_t i = 0; i < n; i++) counted += targets[i] != -100;
-    double loss_sum = 0.0;
     float scale = counted > 0 ? loss_weight / (float)counted : 0.0f;
-    st = moei_cpu_cross_entropy(ctx, n, V, logits, targets, scale, logits, NULL, &loss_sum, NULL);
+    moe_status st = moei_cpu_cross_entropy(ctx, n, V, logits, targets, scale, logits, NULL, loss_sum, NULL);
     if (st != MOE_OK) return st;
-    double aux = 0.0;
-    for (int32_t l = 0; l < c->num_layers; l++)
-        if (m->blocks[l].is_moe) aux += m->blocks[l].moe.aux_loss + m->blocks[l].moe.z_loss;
     /* LM head: d_hf = d_logits · W ; dW += d_logitsᵀ · hf (into the embedding when tied) */
     int32_t head = m->lm_head >= 0 ? m->lm_head : m->embed;
     const float *hf = MOEI_BUF_F32(m->h_final);
     st = ops->gemm(ctx, 1, 0, V, d, n, 1.0f, logits, V, hf, d, 1.0f, moei_param_grad(p, head), d);
     if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, V, 1.0f, logits, V, moei_param_data(p, head), d, 0.0f, dh, d);
     if (st == MOE_OK) st = moei_norm_backward(ctx, &m->final_norm, p, MOEI_BUF_F32(m->x_final), n, dh, dx, 0, NULL);
+    if (counted_out) *counted_out = counted;
+    return st;
+}
+
+moe_status moei_block_backward(moe_model *m, int32_t l, float loss_weight)
+{
+    moe_ctx *ctx = m->ctx;
+    const int64_t n = m->batch * m->seq;
+    const moei_params *p = &m->params;
+    moei_block *b = &m->blocks[l];
+    float *dx = MOEI_BUF_F32(m->dx), *dh = MOEI_BUF_F32(m->dh);
     /* Norm backwards that add into dx need an [n, d] scratch: the block's own h2 and h1 serve,
      * since the FFN and attention backwards that read them have finished by then. */
-    for (int32_t l = c->num_layers - 1; st == MOE_OK && l >= 0; l--) {
-        moei_block *b = &m->blocks[l];
-        float *scratch = MOEI_BUF_F32(b->h1);
-        if (b->is_moe)
-            st = moei_moe_backward(ctx, &b->moe, p, dx, dh, 0, loss_weight);
-        else
-            st = moei_mlp_backward(ctx, &b->mlp, p, dx, dh, 0);
-        float *x2 = MOEI_BUF_F32(b->x2);
-        float *ffn_scratch = MOEI_BUF_F32(b->h2); /* h2 was consumed by the FFN backward */
-        if (st == MOE_OK) st = moei_norm_backward(ctx, &b->norm2, p, x2, n, dh, dx, 1, ffn_scratch);
-        if (st == MOE_OK) st = moei_attn_backward(ctx, &b->attn, p, dx, dh, 0);
-        if (st == MOE_OK) st = moei_norm_backward(ctx, &b->norm1, p, MOEI_BUF_F32(b->x), n, dh, dx, 1, scratch);
-    }
-    const int32_t *tokens = MOEI_BUF_I32(m->tokens);
-    if (st == MOE_OK) st = moei_cpu_embedding_backward(ctx, n, V, d, dx, tokens, moei_param_grad(p, m->embed));
+    moe_status st;
+    if (b->is_moe)
+        st = moei_moe_backward(ctx, &b->moe, p, dx, dh, 0, loss_weight);
+    else
+        st = moei_mlp_backward(ctx, &b->mlp, p, dx, dh, 0);
+    if (st == MOE_OK) st = moei_norm_backward(ctx, &b->norm2, p, MOEI_BUF_F32(b->x2), n, dh, dx, 1, MOEI_BUF_F32(b->h2));
+    if (st == MOE_OK) st = moei_attn_backward(ctx, &b->attn, p, dx, dh, 0);
+    if (st == MOE_OK) st = moei_norm_backward(ctx, &b->norm1, p, MOEI_BUF_F32(b->x), n, dh, dx, 1, MOEI_BUF_F32(b->h1));
+    return st;
+}
+
+moe_status moei_model_embed_backward(moe_model *m)
+{
+    const moe_model_config *c = &m->cfg;
+    const int64_t n = m->batch * m->seq, d = c->d_model;
+    moei_params *p = &m->params;
+    const float *dx = MOEI_BUF_F32(m->dx);
+    moe_status st = moei_cpu_embedding_backward(m->ctx, n, c->vocab_size, d, dx, MOEI_BUF_I32(m->tokens),
+                                                moei_param_grad(p, m->embed));
     if (st == MOE_OK && m->pos_embed >= 0)
-        st = moei_cpu_pos_embed_backward(ctx, n, c->max_seq_len, d, dx, MOEI_BUF_I32(m->positions),
+        st = moei_cpu_pos_embed_backward(m->ctx, n, c->max_seq_len, d, dx, MOEI_BUF_I32(m->positions),
                                          moei_param_grad(p, m->pos_embed));
+    return st;
+}
+
+double moei_model_router_losses(const moe_model *m)
+{
+    double aux = 0.0;
+    for (int32_t l = 0; l < m->cfg.num_layers; l++)
+        if (m->blocks[l].is_moe) aux += m->blocks[l].moe.aux_loss + m->blocks[l].moe.z_loss;
+    return aux;
+}
+
+/* Backward of the saved forward with targets; gradients are added into the parameter store. */
+static moe_status model_backward(moe_model *m, const int32_t *targets, float loss_weight, double *lm_loss,
+                                 double *aux_loss)
+{
+    double loss_sum = 0.0;
+    int64_t counted = 0;
+    moe_status st = moei_model_head_backward(m, targets, loss_weight, &loss_sum, &counted);
+    for (int32_t l = m->cfg.num_layers - 1; st == MOE_OK && l >= 0; l--) st = moei_block_backward(m, l, loss_weight);
+    if (st == MOE_OK) st = moei_model_embed_backward(m);
     if (st != MOE_OK) return st;
     if (lm_loss) *lm_loss = counted > 0 ? loss_sum / (double)counted : 0.0;
-    if (aux_loss) *aux_loss = aux;
+    if (aux_loss) *aux_loss = moei_model_router_losses(m);
     return MOE_OK;
 }
 

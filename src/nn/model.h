@@ -51,7 +51,28 @@ moe_status moei_model_reduce_grads(moe_model *m);
  * non-finite gradient. */
 moe_status moei_model_grad_sumsq(moe_model *m, double *sumsq, int32_t *finite);
 
-/* Forward of one micro-batch through every block into `logits` (model->logits when NULL). */
+/* Forward of one micro-batch through every block into m->logits. */
 moe_status moei_model_forward(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training);
+
+/* The pieces of one micro-batch's forward and backward, so schedules (pipeline stages) can run a
+ * subset of the blocks. The activation between pieces lives in moei_model_block_input(m, l)
+ * (block l's input; l = num_layers is the final hidden state) and the gradient flowing backward
+ * in m->dx (with respect to the output of the block about to run its backward).
+ *   prepare: size buffers for batch x seq, copy tokens (may be NULL on stages without embedding)
+ *   embed_forward: tokens -> block 0 input        block_forward(l): input l -> input l+1
+ *   head_forward: final hidden -> m->logits       head_backward: cross-entropy + head -> m->dx
+ *   block_backward(l): m->dx (d output of l) -> m->dx (d input of l), weights' grads added
+ *   embed_backward: m->dx -> embedding grads */
+moe_status moei_model_prepare(moe_model *m, const int32_t *tokens, int64_t batch, int64_t seq, int training);
+float *moei_model_block_input(moe_model *m, int32_t l);
+moe_status moei_model_embed_forward(moe_model *m);
+moe_status moei_block_forward(moe_model *m, int32_t l, int training);
+moe_status moei_model_head_forward(moe_model *m);
+moe_status moei_model_head_backward(moe_model *m, const int32_t *targets, float loss_weight, double *loss_sum,
+                                    int64_t *counted);
+moe_status moei_block_backward(moe_model *m, int32_t l, float loss_weight);
+moe_status moei_model_embed_backward(moe_model *m);
+/* Sum of the MoE layers' aux and z losses of the last forward. */
+double moei_model_router_losses(const moe_model *m);
 
 #endif

@@ -63,11 +63,11 @@ int plot_write_svg(const char *path, const char *title, const char *xlabel, cons
     for (double v = ceil(y0 / ys) * ys; v <= y1; v += ys)
         fprintf(f, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%d\" y=\"%.1f\" "
                    "text-anchor=\"end\">%g</text>\n",
-                ML, W - MR, PY(v), PY(v), ML - 6, PY(v) + 4, v);
+                ML, W - MR, PY(v), PY(v), ML - 6, PY(v) + 4, fabs(v) < ys * 1e-6 ? 0.0 : v);
     for (double v = ceil(x0 / xs) * xs; v <= x1; v += xs)
         fprintf(f, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%d\" y2=\"%d\" stroke=\"#eee\"/><text x=\"%.1f\" y=\"%d\" "
                    "text-anchor=\"middle\">%g</text>\n",
-                PX(v), PX(v), MT, H - MB, PX(v), H - MB + 16, v);
+                PX(v), PX(v), MT, H - MB, PX(v), H - MB + 16, fabs(v) < xs * 1e-6 ? 0.0 : v);
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#333\"/>\n", ML, MT, pw, ph);
     fprintf(f, "<text x=\"%.0f\" y=\"%d\" text-anchor=\"middle\">", ML + pw / 2, H - 12);
     xml_text(f, xlabel);
