@@ -164,32 +164,41 @@ static prepared *prepared_call(const char *name)
 }
 
 /* Calls a function of the table through libffi only. args point at each argument's value. */
-static void ffi_invoke(const char *name, void *ret, void **args)
+static void ffi_invoke(const char *name, void *ret, size_t ret_size, void **args)
 {
     prepared *p = prepared_call(name);
     ffi_arg small; /* libffi widens integral returns smaller than a register to ffi_arg */
     ffi_call(&p->cif, FFI_FN(p->sym), ret ? (void *)&small : NULL, args);
     if (!ret)
         return;
+    union {
+        int32_t i32;
+        uint32_t u32;
+        unsigned char bytes[sizeof(ffi_arg)];
+    } out;
+    size_t n;
     switch (p->f->ret.kind) {
-    case ABI_SINT32: *(int32_t *)ret = (int32_t)small; break;
-    case ABI_UINT32: *(uint32_t *)ret = (uint32_t)small; break;
-    case ABI_POINTER: memcpy(ret, &small, sizeof(void *)); break;
-    default: memcpy(ret, &small, sizeof small); break;
+    case ABI_SINT32: out.i32 = (int32_t)small; n = sizeof out.i32; break;
+    case ABI_UINT32: out.u32 = (uint32_t)small; n = sizeof out.u32; break;
+    default: /* pointers, 64-bit integers, doubles: as wide as the return type */
+        memcpy(out.bytes, &small, sizeof small);
+        n = p->cif.rtype->size < sizeof small ? p->cif.rtype->size : sizeof small;
+        break;
     }
+    memcpy(ret, out.bytes, n < ret_size ? n : ret_size);
 }
 
 static int32_t call_status(const char *name, void **args)
 {
     int32_t st = 0;
-    ffi_invoke(name, &st, args);
+    ffi_invoke(name, &st, sizeof st, args);
     return st;
 }
 
 static const char *call_string(const char *name, void **args)
 {
     const char *s = NULL;
-    ffi_invoke(name, &s, args);
+    ffi_invoke(name, &s, sizeof s, args);
     return s;
 }
 
@@ -364,7 +373,7 @@ static void test_every_handle_has_destroy(void **state)
         /* destroy(NULL) is a no-op: finalizers of never-created handles call it */
         void *null = NULL;
         void *args[] = {&null};
-        ffi_invoke(h->destroy, NULL, args);
+        ffi_invoke(h->destroy, NULL, 0, args);
     }
 }
 
@@ -409,9 +418,9 @@ static void env_open(env *e, const cstruct *ctx_cfg)
 static void env_close(env *e)
 {
     void *margs[] = {&e->mesh};
-    ffi_invoke("moe_mesh_destroy", NULL, margs);
+    ffi_invoke("moe_mesh_destroy", NULL, 0, margs);
     void *cargs[] = {&e->ctx};
-    ffi_invoke("moe_ctx_destroy", NULL, cargs);
+    ffi_invoke("moe_ctx_destroy", NULL, 0, cargs);
 }
 
 static void tiny_model_config(cstruct *c)
@@ -516,9 +525,9 @@ static void test_training_sequence(void **state)
     assert_true(right >= SEQ / 2);
 
     void *dargs[] = {&opt};
-    ffi_invoke("moe_optimizer_destroy", NULL, dargs);
+    ffi_invoke("moe_optimizer_destroy", NULL, 0, dargs);
     void *dmargs[] = {&model};
-    ffi_invoke("moe_model_destroy", NULL, dmargs);
+    ffi_invoke("moe_model_destroy", NULL, 0, dmargs);
     env_close(&e);
 }
 
