@@ -271,9 +271,11 @@ static moe_status source_open(hf_source *s, moe_ctx *ctx, const char *dir)
         /* shard names must stay inside the checkpoint directory */
         if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || strcmp(e->valuestring, "..") == 0 ||
             e->valuestring[0] == '\0') {
-            cJSON_Delete(map);
-            return moei_fail(ctx, MOE_ERR_FORMAT, "%s: weight_map entry \"%s\" is not a file name in the directory", path,
-                             e->string ? e->string : "");
+            moe_status bad = moei_fail(ctx, MOE_ERR_FORMAT,
+                                      "%s: weight_map entry \"%s\" is not a file name in the directory", path,
+                                      e->string ? e->string : "");
+            cJSON_Delete(map); /* after the message: it names the entry */
+            return bad;
         }
     }
     s->index = map;
