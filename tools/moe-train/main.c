@@ -178,6 +178,8 @@ static int generate_text(moe_model *model, const train_options *o, FILE *out)
 }
 
 typedef struct run {
+    int rank0;                 /* rank 0 of the world prints and writes the outputs */
+    int32_t dp, dp_rank, world; /* this rank reads micro-batches [dp_rank * per_step, ...) of each step */
     moe_ctx *ctx;
     moe_mesh *mesh;
     moe_model *model;
@@ -201,17 +203,43 @@ static int open_run(run *r, const train_options *o, uint64_t seed)
     cc.num_threads = o->threads;
     cc.seed = seed;
     if (moe_ctx_create(&cc, &r->ctx) != MOE_OK) return fail_status(NULL, "creating the context");
-    if (moe_mesh_create(r->ctx, NULL, &r->mesh) != MOE_OK) return fail_status(r->ctx, "creating the mesh");
+    moe_mesh_config mc;
+    moe_mesh_config_init(&mc, sizeof mc);
+    mc.tp = o->tp;
+    mc.pp = o->pp;
+    mc.ep = o->ep;
+    mc.etp = o->etp;
+    mc.sequence_parallel = (uint32_t)o->sequence_parallel;
+    mc.dp = o->dp;
+    if (mc.dp <= 0) { /* fill dp from the launcher's world size */
+        const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
+        if (!ws) ws = getenv("PMI_SIZE");
+        int world = ws ? atoi(ws) : 1, rest = (o->tp > 0 ? o->tp : 1) * (o->pp > 0 ? o->pp : 1);
+        mc.dp = world > 0 && rest > 0 && world % rest == 0 ? world / rest : 1;
+    }
+    if (moe_mesh_create(r->ctx, &mc, &r->mesh) != MOE_OK) return fail_status(r->ctx, "the parallel layout (--dp/--tp/--pp/--ep/--etp)");
+    int32_t rank = 0;
+    moe_mesh_group_rank(r->mesh, MOE_AXIS_WORLD, &rank);
+    r->rank0 = rank == 0;
+    moe_mesh_group_size(r->mesh, MOE_AXIS_DP, &r->dp);
+    moe_mesh_group_rank(r->mesh, MOE_AXIS_DP, &r->dp_rank);
+    moe_mesh_group_size(r->mesh, MOE_AXIS_WORLD, &r->world);
     return 0;
 }
 
 static int save_checkpoint(run *r, const train_options *o, const char *root, int64_t step)
 {
+    if (r->world > 1) { /* multi-rank checkpoints need the collective save: not in this version */
+        static int warned = 0;
+        if (r->rank0 && !warned++)
+            fprintf(stderr, "moe-train: warning: checkpoints are written only by single-rank runs in this version\n");
+        return 0;
+    }
     char *json = options_to_json(o);
     moe_checkpoint_info info;
     moe_checkpoint_info_init(&info, sizeof info);
     info.step = step;
-    info.data_position = step * (int64_t)o->batch * o->micro_batches;
+    info.data_position = step * (int64_t)o->batch * o->micro_batches * r->dp;
     info.keep_last = o->keep;
     info.user_json = json;
     moe_status st = moe_checkpoint_save(r->model, r->opt, root, &info);
@@ -260,6 +288,7 @@ static int cmd_train(train_options *o)
     }
     run r = {0};
     if (open_run(&r, o, seed)) return 1;
+    if (!r.rank0) o->quiet = 1; /* one rank reports for all */
     moe_dataset_config dc;
     moe_dataset_config_init(&dc, sizeof dc);
     dc.path = o->data;
@@ -321,8 +350,8 @@ static int cmd_train(train_options *o)
     double *vx = malloc((size_t)(o->steps + 2) * sizeof *vx), *vy = malloc((size_t)(o->steps + 2) * sizeof *vy);
     int64_t npts = 0, nval = 0;
     snprintf(path, sizeof path, "%s/metrics.jsonl", o->out);
-    FILE *metrics = fopen(path, o->resume ? "a" : "w");
-    if (!tok || !tgt || !logits || !xs || !ys || !vx || !vy || !metrics) {
+    FILE *metrics = r.rank0 ? fopen(path, o->resume ? "a" : "w") : NULL;
+    if (!tok || !tgt || !logits || !xs || !ys || !vx || !vy || (r.rank0 && !metrics)) {
         fprintf(stderr, "moe-train: cannot start (%s)\n", metrics ? "out of memory" : strerror(errno));
         run_free(&r);
         return 1;
@@ -358,7 +387,9 @@ static int cmd_train(train_options *o)
     int64_t tokens_since = 0, step = start_step;
     int rc = 0, stopped_early = 0;
     for (step = start_step; step < o->steps; step++) {
-        if (moe_dataset_batch(r.ds, MOE_DATASET_SPLIT_TRAIN, step * per_step, (int32_t)per_step, tok, tgt) != MOE_OK) {
+        /* data parallelism: rank d of the dp group reads the d-th share of the step's global batch */
+        int64_t first = (step * r.dp + r.dp_rank) * per_step;
+        if (moe_dataset_batch(r.ds, MOE_DATASET_SPLIT_TRAIN, first, (int32_t)per_step, tok, tgt) != MOE_OK) {
             rc = fail_status(r.ctx, "reading a batch");
             break;
         }
@@ -381,12 +412,12 @@ static int cmd_train(train_options *o)
         xs[npts] = (double)done;
         ys[npts++] = s.loss;
         double t = now(), tps = tokens_since / fmax(t - t_last, 1e-9);
-        fprintf(metrics, "{\"step\":%lld,\"loss\":%.6f,\"aux_loss\":%.6f,\"grad_norm\":%.5f,\"lr\":%.6g,"
+        if (metrics) fprintf(metrics, "{\"step\":%lld,\"loss\":%.6f,\"aux_loss\":%.6f,\"grad_norm\":%.5f,\"lr\":%.6g,"
                          "\"tokens\":%lld,\"dropped\":%lld,\"max_load\":%.4f,\"skipped\":%u,\"elapsed_s\":%.3f",
                 (long long)done, s.loss, s.aux_loss, s.grad_norm, s.lr, (long long)s.tokens, (long long)s.dropped,
                 s.max_load, (unsigned)s.skipped, t - t_start);
-        if (eval_now) fprintf(metrics, ",\"val_loss\":%.6f", val);
-        fprintf(metrics, "}\n");
+        if (metrics && eval_now) fprintf(metrics, ",\"val_loss\":%.6f", val);
+        if (metrics) fprintf(metrics, "}\n");
         double eta = (t - t_start) / (double)(done - start_step) * (double)(o->steps - done);
         char etabuf[32];
         format_eta(eta, etabuf, sizeof etabuf);
@@ -412,16 +443,17 @@ static int cmd_train(train_options *o)
             break;
         }
     }
-    fclose(metrics);
+    if (metrics) fclose(metrics);
     if (rc == 0) {
         int64_t final_step = stopped_early ? step : o->steps;
         if (final_step > start_step && save_checkpoint(&r, o, ckpt_root, final_step)) rc = 1;
         snprintf(path, sizeof path, "%s/loss.svg", o->out);
         plot_series series[2] = {{"train loss", "#1f77b4", xs, ys, npts}, {"validation loss", "#d62728", vx, vy, nval}};
-        if (plot_write_svg(path, "moe-train: loss", "step", "cross-entropy (nats/token)", series, 2) != 0)
+        if (r.rank0 && plot_write_svg(path, "moe-train: loss", "step", "cross-entropy (nats/token)", series, 2) != 0)
             fprintf(stderr, "moe-train: warning: cannot write %s: %s\n", path, strerror(errno));
+        /* every rank decodes (expert-parallel layers exchange tokens); rank 0 writes */
         snprintf(path, sizeof path, "%s/sample.txt", o->out);
-        FILE *sf = fopen(path, "w");
+        FILE *sf = r.rank0 ? fopen(path, "w") : fopen("/dev/null", "w");
         if (sf) {
             rc |= generate_text(r.model, o, sf);
             fclose(sf);
@@ -432,7 +464,11 @@ static int cmd_train(train_options *o)
                    npts ? ys[npts - 1] : NAN, nval ? vy[nval - 1] : NAN, now() - t_start);
             printf("wrote %s/metrics.jsonl, %s/loss.svg, %s/checkpoints/, %s/sample.txt\nsample:\n", o->out, o->out,
                    o->out, o->out);
-            generate_text(r.model, o, stdout);
+            snprintf(path, sizeof path, "%s/sample.txt", o->out);
+            FILE *shown = fopen(path, "r");
+            char line[512];
+            while (shown && fgets(line, sizeof line, shown)) fputs(line, stdout);
+            if (shown) fclose(shown);
         }
     }
     free(tok);

@@ -63,6 +63,12 @@ static const opt_def defs[] = {
     {"beta2", T_REAL, F(beta2), 0, NULL, "train", "AdamW beta2"},
     {"momentum", T_REAL, F(momentum), 0, NULL, "train", "SGD momentum"},
     {"clip", T_REAL, F(clip), 0, NULL, "train", "global gradient-norm clip (0 = off)"},
+    {"dp", T_INT, F(dp), 0, NULL, "train", "data-parallel size (0 = world / (tp * pp)); launch with mpirun -np dp*tp*pp"},
+    {"tp", T_INT, F(tp), 0, NULL, "train", "tensor-parallel size"},
+    {"pp", T_INT, F(pp), 0, NULL, "train", "pipeline-parallel size"},
+    {"ep", T_INT, F(ep), 0, NULL, "train", "expert-parallel size (divides dp * tp and --experts)"},
+    {"etp", T_INT, F(etp), 0, NULL, "train", "expert tensor-parallel size"},
+    {"sequence-parallel", T_INT, F(sequence_parallel), 0, NULL, "train", "1 = shard norms and residuals over tp"},
     {"steps", T_INT, F(steps), 0, NULL, "train", "optimizer steps in total"},
     {"batch", T_INT, F(batch), 0, NULL, "train", "sequences per micro-batch"},
     {"micro-batches", T_INT, F(micro_batches), 0, NULL, "train", "micro-batches accumulated per step"},
@@ -125,6 +131,8 @@ void options_defaults(train_options *o)
     o->momentum = 0.9;
     o->clip = 1.0;
     o->steps = 1500;
+    o->dp = 0;
+    o->tp = o->pp = o->ep = o->etp = 1;
     o->batch = 8;
     o->micro_batches = 1;
     o->log_every = 20;

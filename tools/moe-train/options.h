@@ -19,6 +19,8 @@ typedef struct train_options {
     char optimizer[16], decay[16];
     double lr, min_lr, weight_decay, beta1, beta2, clip, momentum;
     int warmup;
+    /* parallel layout (launch with mpirun -np dp*tp*pp) */
+    int dp, tp, pp, ep, etp, sequence_parallel;
     /* run */
     int steps, batch, micro_batches, threads, log_every, eval_every, eval_batches, checkpoint_every, keep;
     double time_limit;
