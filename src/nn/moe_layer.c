@@ -123,6 +123,7 @@ static moe_status ep_layout(moe_ctx *ctx, moei_moe *m)
     (void)ctx;
     const int32_t P = m->ep_size, E = m->s.num_experts, El = m->local_experts, me = m->ep_rank;
     moe_status st = m->ep_comm->ops->all_gather(m->ep_comm, m->plan.counts, m->all_counts, E, MOE_DTYPE_I32);
+    m->ep_count_exchanges++;
     if (st != MOE_OK) return st;
     int64_t recv_total = 0;
     for (int32_t r = 0; r < P; r++) {
@@ -177,6 +178,8 @@ static moe_status ep_dispatch(moe_ctx *ctx, moei_moe *m, const float *xp, float 
         ro[r] = m->recv_offset[r] * d;
     }
     float *stage = MOEI_BUF_F32(m->ep_stage);
+    for (int32_t r = 0; r < P; r++) /* rows this rank hands to others and receives from them */
+        if (r != m->ep_rank) m->ep_rows_offrank += (uint64_t)(m->send_count[r] + m->recv_count[r]);
     moe_status st = m->ep_comm->ops->all_to_all_v(m->ep_comm, xp, sc, so, stage, rc, ro, MOE_DTYPE_F32);
     if (st == MOE_OK) ep_reorder(m, stage, xe, d, 1);
     return st;

@@ -44,6 +44,9 @@ typedef struct moei_moe {
     int64_t send_count[MOEI_MAX_EP], send_offset[MOEI_MAX_EP], recv_count[MOEI_MAX_EP], recv_offset[MOEI_MAX_EP];
     int64_t recv_rows;
     int64_t token_base;          /* global index of this rank's first token (keys jitter) */
+    /* EP traffic, for the volume formula in docs/parallelism.md: each dispatch/return pair moves
+     * (rows sent to other ranks + rows received from them) rows of d floats each way */
+    uint64_t ep_rows_offrank, ep_count_exchanges;
     /* saved forward */
     int64_t n;
     int training;

@@ -43,6 +43,8 @@ static void global_micro(int64_t g, int32_t *tok, int32_t *tgt)
     }
 }
 
+static int64_t p_dense_size(const moe_model *m) { return m->params.region_size[MOEI_GROUP_DENSE]; }
+
 static double rel(double a, double b) { return fabs(a - b) / (fabs(b) > 1e-12 ? fabs(b) : 1.0); }
 
 static void run_mesh(int32_t dp, int32_t ep, float capacity)
@@ -77,6 +79,8 @@ static void run_mesh(int32_t dp, int32_t ep, float capacity)
     if (!m || !ref || !o || !ro) return;
 
     const int32_t dp_rank = mesh->rank[MOE_AXIS_DP];
+    moei_comm *dpc = moei_mesh_comm(mesh, MOE_AXIS_DP), *epc = moei_mesh_comm(mesh, MOE_AXIS_EP);
+    const uint64_t dp_bytes0 = dpc->bytes_sent, ep_bytes0 = epc->bytes_sent;
     const int64_t G = (int64_t)dp * MICRO_LOCAL, per = MBS * SEQ;
     int32_t *gtok = malloc((size_t)(G * per) * sizeof *gtok), *gtgt = malloc((size_t)(G * per) * sizeof *gtgt);
     for (int64_t g = 0; g < G; g++) global_micro(g, gtok + g * per, gtgt + g * per);
@@ -103,6 +107,34 @@ static void run_mesh(int32_t dp, int32_t ep, float capacity)
               s.grad_norm, r.grad_norm);
         CHECK(s.tokens == r.tokens && s.dropped == r.dropped, "dp%d ep%d: tokens %lld/%lld dropped %lld/%lld", dp, ep,
               (long long)s.tokens, (long long)r.tokens, (long long)s.dropped, (long long)r.dropped);
+    }
+    /* Communication volume against the formulas of docs/parallelism.md. dp group, per step: the
+     * global token count (1 int64), the skip flag (1 int32), the dense gradients (f32) and, per MoE
+     * layer with bias balancing, the routed counts (E int64); an all-reduce of n elements adds
+     * (n + (p - 2) * c_r) * esize with c_r = this rank's chunk (n / p, one more for r < n % p). */
+    {
+        const int64_t pd = dp;
+#define AR(n, esize) (((n) + (pd - 2) * ((n) / pd + ((int64_t)dp_rank < (n) % pd ? 1 : 0))) * (esize))
+        int64_t moe_layers = 0;
+        for (int32_t l = 0; l < c.num_layers; l++) moe_layers += m->blocks[l].is_moe;
+        int64_t per_step = pd > 1 ? AR(1, 8) + AR(1, 4) + AR(p_dense_size(m), 4) + moe_layers * AR(4, 8) : 0;
+#undef AR
+        CHECK(dpc->bytes_sent - dp_bytes0 == (uint64_t)(STEPS * per_step),
+              "dp%d ep%d: dp group counted %llu bytes, the formula says %lld", dp, ep,
+              (unsigned long long)(dpc->bytes_sent - dp_bytes0), (long long)(STEPS * per_step));
+        /* ep group: per MoE layer and micro-batch, the counts all-gather ((ep - 1) * E int32, once in the
+         * forward) and, for
+         * the forward and the backward, rows to and from other ranks of d floats each */
+        uint64_t rows = 0, exchanges = 0;
+        for (int32_t l = 0; l < c.num_layers; l++) {
+            rows += m->blocks[l].moe.ep_rows_offrank;
+            exchanges += m->blocks[l].moe.ep_count_exchanges;
+        }
+        uint64_t expect_ep = ep > 1 ? rows * (uint64_t)c.d_model * 4 + exchanges * (uint64_t)(ep - 1) * 4 * 4 : 0;
+        CHECK(epc->bytes_sent - ep_bytes0 == expect_ep, "dp%d ep%d: ep group counted %llu bytes, the formula says %llu",
+              dp, ep, (unsigned long long)(epc->bytes_sent - ep_bytes0), (unsigned long long)expect_ep);
+        CHECK(ep == 1 || exchanges == (uint64_t)(STEPS * MICRO_LOCAL * 2), "dp%d ep%d: %llu count exchanges", dp, ep,
+              (unsigned long long)exchanges);
     }
     /* every parameter: this rank's shard against the same slice of the single-rank tensor */
     const moei_params *p = &m->params, *rp = &ref->params;
