@@ -482,28 +482,33 @@ static int cmd_train(train_options *o)
     return rc;
 }
 
+/* Rebuild the model a checkpoint holds (config, seed and weights) for generate and export-hf. */
+static int open_checkpoint_model(run *r, const train_options *o)
+{
+    moe_checkpoint_info info;
+    moe_checkpoint_info_init(&info, sizeof info);
+    uint32_t size = 0;
+    if (moe_checkpoint_read_info(o->checkpoint, &info, NULL, 0, &size) != MOE_OK)
+        return fail_status(NULL, "--checkpoint");
+    if (open_run(r, o, info.rng_seed)) return 1;
+    moe_model_config mc;
+    moe_model_config_init(&mc, sizeof mc);
+    if (moe_checkpoint_read_config(o->checkpoint, &mc) != MOE_OK) return fail_status(NULL, "--checkpoint");
+    if (moe_model_create(r->ctx, r->mesh, &mc, &r->model) != MOE_OK) return fail_status(r->ctx, "model");
+    if (moe_checkpoint_load(r->model, NULL, o->checkpoint, NULL, NULL, 0) != MOE_OK)
+        return fail_status(r->ctx, "--checkpoint");
+    return 0;
+}
+
 static int cmd_generate(const train_options *o)
 {
     if (!o->checkpoint[0]) {
         fprintf(stderr, "moe-train: generate needs --checkpoint DIR\n");
         return 2;
     }
-    moe_checkpoint_info info;
-    moe_checkpoint_info_init(&info, sizeof info);
-    uint32_t size = 0;
-    if (moe_checkpoint_read_info(o->checkpoint, &info, NULL, 0, &size) != MOE_OK)
-        return fail_status(NULL, "--checkpoint");
     run r = {0};
-    if (open_run(&r, o, info.rng_seed)) return 1;
-    moe_model_config mc;
-    moe_model_config_init(&mc, sizeof mc);
-    int rc = 0;
-    if (moe_checkpoint_read_config(o->checkpoint, &mc) != MOE_OK) rc = fail_status(NULL, "--checkpoint");
-    else if (moe_model_create(r.ctx, r.mesh, &mc, &r.model) != MOE_OK) rc = fail_status(r.ctx, "model");
-    else if (moe_checkpoint_load(r.model, NULL, o->checkpoint, NULL, NULL, 0) != MOE_OK)
-        rc = fail_status(r.ctx, "--checkpoint");
-    else
-        rc = generate_text(r.model, o, stdout);
+    int rc = open_checkpoint_model(&r, o);
+    if (rc == 0) rc = generate_text(r.model, o, stdout);
     run_free(&r);
     return rc;
 }
@@ -514,24 +519,10 @@ static int cmd_export(const train_options *o)
         fprintf(stderr, "moe-train: export-hf needs --checkpoint DIR and --out DIR\n");
         return 2;
     }
-    moe_checkpoint_info info;
-    moe_checkpoint_info_init(&info, sizeof info);
-    uint32_t size = 0;
-    if (moe_checkpoint_read_info(o->checkpoint, &info, NULL, 0, &size) != MOE_OK)
-        return fail_status(NULL, "--checkpoint");
     run r = {0};
-    if (open_run(&r, o, info.rng_seed)) return 1;
-    moe_model_config mc;
-    moe_model_config_init(&mc, sizeof mc);
-    int rc = 0;
-    if (moe_checkpoint_read_config(o->checkpoint, &mc) != MOE_OK) rc = fail_status(NULL, "--checkpoint");
-    else if (moe_model_create(r.ctx, r.mesh, &mc, &r.model) != MOE_OK) rc = fail_status(r.ctx, "model");
-    else if (moe_checkpoint_load(r.model, NULL, o->checkpoint, NULL, NULL, 0) != MOE_OK)
-        rc = fail_status(r.ctx, "--checkpoint");
-    else if (moe_model_export_hf(r.model, o->out, 0) != MOE_OK)
-        rc = fail_status(r.ctx, "export");
-    else
-        printf("wrote a Hugging Face Mixtral checkpoint to %s\n", o->out);
+    int rc = open_checkpoint_model(&r, o);
+    if (rc == 0 && moe_model_export_hf(r.model, o->out, 0) != MOE_OK) rc = fail_status(r.ctx, "export");
+    if (rc == 0) printf("wrote a Hugging Face Mixtral checkpoint to %s\n", o->out);
     run_free(&r);
     return rc;
 }
