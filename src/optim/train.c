@@ -43,6 +43,32 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
                          fn, (int)b.micro_batch_size, (int)b.seq_len, (int)b.num_micro_batches);
     MOEI_CHECK_ARG(ctx, b.tokens != NULL, fn, "moe_batch.tokens is NULL");
     MOEI_CHECK_ARG(ctx, b.targets != NULL, fn, "moe_batch.targets is NULL");
+    /* Every rank checks its own data first, then all ranks agree: a bad batch on one rank fails
+     * every rank with that rank's message instead of leaving the others waiting in a collective. */
+    {
+        moe_status local = MOE_OK;
+        const int64_t all = (int64_t)b.micro_batch_size * b.seq_len * b.num_micro_batches;
+        const int32_t vocab = model->cfg.vocab_size;
+        if (b.seq_len > model->cfg.max_seq_len)
+            local = moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: moe_batch.seq_len = %d exceeds max_seq_len = %d", fn,
+                              (int)b.seq_len, (int)model->cfg.max_seq_len);
+        for (int64_t i = 0; local == MOE_OK && i < all; i++) {
+            if (b.tokens[i] < 0 || b.tokens[i] >= vocab)
+                local = moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: tokens[%lld] = %d is outside [0, vocab_size = %d)", fn,
+                                  (long long)i, (int)b.tokens[i], (int)vocab);
+            else if (b.targets[i] != -100 && (b.targets[i] < 0 || b.targets[i] >= vocab))
+                local = moei_fail(ctx, MOE_ERR_INVALID_ARG,
+                                  "%s: targets[%lld] = %d is outside [0, vocab_size = %d) and is not -100", fn,
+                                  (long long)i, (int)b.targets[i], (int)vocab);
+        }
+        moei_comm *world = moei_mesh_comm(model->mesh, MOE_AXIS_WORLD);
+        moe_status agreed = local;
+        if (world && world->size > 1) {
+            moe_status cst = moei_comm_agree(world, local, &agreed);
+            if (cst != MOE_OK) return cst;
+        }
+        if (agreed != MOE_OK) return agreed;
+    }
     const int64_t per_micro = (int64_t)b.micro_batch_size * b.seq_len;
     int64_t total = 0;
     for (int64_t i = 0; i < per_micro * b.num_micro_batches; i++) total += b.targets[i] != -100;

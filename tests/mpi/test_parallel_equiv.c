@@ -182,6 +182,52 @@ static void test_ep2(void) { run_mesh(h_size, 2, 0.0f); }
 static void test_ep_all(void) { run_mesh(h_size, h_size, 0.0f); }
 static void test_ep2_capacity(void) { run_mesh(h_size, 2, 0.75f); }
 
+/* A bad token on one rank fails every rank, each with that rank's message, instead of a hang. */
+static void test_bad_batch_on_one_rank(void)
+{
+    moe_ctx *ctx = NULL;
+    moe_mesh *mesh = NULL;
+    moe_model *m = NULL;
+    moe_optimizer *o = NULL;
+    CHECK_OK(moe_ctx_create(NULL, &ctx));
+    moe_mesh_config mc;
+    moe_mesh_config_init(&mc, sizeof mc);
+    mc.dp = h_size;
+    mc.ep = 2;
+    mc.comm_backend = MOE_COMM_MPI;
+    CHECK_OK(moe_mesh_create(ctx, &mc, &mesh));
+    moe_model_config c;
+    tiny_config(&c, 0.0f);
+    CHECK_OK(moe_model_create(ctx, mesh, &c, &m));
+    moe_optimizer_config oc;
+    moe_optimizer_config_init(&oc, sizeof oc);
+    if (m) CHECK_OK(moe_optimizer_create(m, &oc, &o));
+    if (o) {
+        int32_t tok[MBS * SEQ], tgt[MBS * SEQ];
+        global_micro(h_rank, tok, tgt);
+        if (h_rank == h_size - 1) tok[5] = 99; /* out of the vocabulary, on the last rank only */
+        moe_batch b;
+        moe_batch_init(&b, sizeof b);
+        b.tokens = tok;
+        b.targets = tgt;
+        b.micro_batch_size = MBS;
+        b.seq_len = SEQ;
+        double t0 = h_now();
+        moe_status st = moe_train_step(m, o, &b, NULL);
+        CHECK(st == MOE_ERR_INVALID_ARG, "rank %d: train step returned %s", h_rank, moe_status_string(st));
+        CHECK(strstr(moe_ctx_last_error(ctx), "tokens[5]") != NULL, "rank %d message: %s", h_rank,
+              moe_ctx_last_error(ctx));
+        CHECK(h_now() - t0 < 10.0, "rank %d took %.1f s to fail", h_rank, h_now() - t0);
+        /* and the next, good step works on every rank */
+        tok[5] = 1;
+        CHECK_OK(moe_train_step(m, o, &b, NULL));
+    }
+    moe_optimizer_destroy(o);
+    moe_model_destroy(m);
+    moe_mesh_destroy(mesh);
+    moe_ctx_destroy(ctx);
+}
+
 /* A mesh the model cannot use yet is refused on every rank with a message, not a hang. */
 static void test_unsupported_axes(void)
 {
@@ -214,6 +260,7 @@ int main(int argc, char **argv)
     H_RUN(test_ep2);
     if (h_size > 2) H_RUN(test_ep_all);
     H_RUN(test_ep2_capacity);
+    H_RUN(test_bad_batch_on_one_rank);
     H_RUN(test_unsupported_axes);
     MPI_Finalize();
     return h_total_fail ? 1 : 0;
