@@ -2,15 +2,19 @@
  * @file moe/checkpoint.h
  * @brief Training checkpoints (save, resume) and Hugging Face Mixtral export.
  *
- * A checkpoint is a directory `<root>/step-<step>/` holding one safetensors file per rank (here one:
- * `shard-00000-of-00001.safetensors`) and `index.json`, which names every logical tensor, its full
- * shape, the slice each shard file holds and the xxHash64 of those bytes, plus the model config,
- * step, optimizer state, RNG state, data position, library version and optional trainer text.
- * `<root>/latest` names the newest complete checkpoint. A save is crash-safe: it is written to a
- * temporary directory, made durable (files and directories fsync'd) and renamed into place before
+ * A checkpoint is a directory `<root>/step-<step>/` holding one safetensors file per rank
+ * (`shard-<rank>-of-<world>.safetensors`: the slices of parameters and optimizer moments that rank
+ * holds, replicated tensors written once) and `index.json`, which names every logical tensor, its
+ * full shape, the slice each shard file holds and the xxHash64 of those bytes, plus the model
+ * config, step, optimizer state, RNG state, data position, library version and optional trainer
+ * text. `<root>/latest` names the newest complete checkpoint. A save is crash-safe: it is written to
+ * a temporary directory, made durable (files and directories fsync'd) and renamed into place before
  * `latest` moves, so a crash at any moment leaves the previous or the new checkpoint, never a
- * partial one that loads. Loading verifies every checksum, shape and config field before it
- * changes anything. The file format is described in docs/file-formats.md ("Checkpoints").
+ * partial one that loads. On a mesh of several ranks, save and load are collective over the world:
+ * every rank calls them, all ranks agree on success before the index is committed, and a failure on
+ * one rank is an error on all. Loading works on any mesh (resharding): each rank reads exactly the
+ * slices it holds from whichever shards contain them. Loading verifies every checksum, shape and
+ * config field before it changes anything. The format is in docs/file-formats.md ("Checkpoints").
  *
  * Thread-safety: as the model's ctx (one thread at a time). One save into a given root directory
  * at a time (one process, one thread); any number of loads may read a root no one is saving into.

@@ -96,6 +96,8 @@ typedef struct moe_model_config {
     float moe_aux_loss_coef;     /**< Load-balancing (Switch/GShard) loss coefficient, >= 0. Default 0.01. */
     float moe_z_loss_coef;       /**< Router z-loss coefficient, >= 0. Default 0.001. */
     float moe_bias_update_rate;  /**< Aux-loss-free balancing: per-expert bias step per update; 0 = off. Default 0. */
+    int32_t pipeline_virtual_stages; /**< Model chunks per pipeline stage on a mesh with pp > 1 (interleaved 1F1B: chunk c of stage s is virtual stage c * pp + s); 0 or 1 = one contiguous chunk. At most 1024. Default 1. */
+    int32_t pipeline_layers[64];  /**< Explicit layers per virtual stage (index c * pp + s), for pp * virtual stages <= 64 (entries past that 0); all 0 = even split with the extra layers on the first stages. Default all 0. */
 } moe_model_config;
 
 /** @brief Routing statistics of one MoE layer for the last forward pass. */
@@ -130,10 +132,13 @@ MOE_API moe_status moe_model_config_validate(const moe_model_config *cfg);
  * @brief Create a model with freshly initialised parameters and zero gradients.
  * @param ctx The ctx; must outlive the model.
  * @param mesh The parallel layout; must outlive the model. Layers take their shard sizes from it.
+ *        With pp > 1 the model holds only its pipeline stage's layers (see pipeline_virtual_stages
+ *        and pipeline_layers), the embedding on the first stage and the LM head on the last.
  * @param cfg The architecture; copied, not kept.
  * @param out Receives the model; the caller owns it and frees it with moe_model_destroy().
  * @return MOE_OK; MOE_ERR_INVALID_ARG for a bad field (named) or a mesh the model does not divide
- *         over; MOE_ERR_UNSUPPORTED for a device without an op table; MOE_ERR_OUT_OF_MEMORY.
+ *         over; MOE_ERR_UNSUPPORTED for a device without an op table or tied embeddings with pp > 1;
+ *         MOE_ERR_OUT_OF_MEMORY.
  */
 MOE_API moe_status moe_model_create(moe_ctx *ctx, const moe_mesh *mesh, const moe_model_config *cfg, moe_model **out);
 

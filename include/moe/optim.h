@@ -56,6 +56,7 @@ typedef struct moe_optimizer_config {
     float clip_grad_norm;    /**< Clip the global gradient norm to this value; 0 = no clipping. Default 1.0. */
     uint32_t decay_norms_and_biases; /**< 1 = apply weight decay to norm weights and biases too. Default 0. */
     uint32_t decay_embeddings;       /**< 1 = apply weight decay to embeddings too. Default 0. */
+    uint32_t zero_stage;     /**< 0 = replicated optimizer state: every data-parallel replica all-reduces the gradients and updates every parameter it holds; 1 = ZeRO-1: gradients are reduce-scattered over the replicas (dense parameters over dp, experts over edp), each replica keeps the AdamW moments (or SGD momentum) of its 1/replicas share only and updates that share, then the parameters are all-gathered. Both give the same training run (within fp32 rounding of the gradient norm); checkpoints load into either. Default 0. */
 } moe_optimizer_config;
 
 /** @brief What one optimizer step did. */
@@ -92,7 +93,13 @@ MOE_API moe_status moe_optimizer_create(moe_model *model, const moe_optimizer_co
 MOE_API void moe_optimizer_destroy(moe_optimizer *opt);
 
 /**
- * @brief Clip the model's gradients by their global norm and apply one update.
+ * @brief Sum the model's gradients over its data-parallel replicas, clip them by their global norm
+ *        and apply one update.
+ *
+ * On a mesh with dp or edp > 1 this is collective over the model's mesh (every rank calls it): the
+ * accumulated gradients of each rank are summed over the replicas first (moe_train_step() calls it
+ * for you). Afterwards the model's gradient buffers hold the summed gradients with zero_stage 0;
+ * with zero_stage 1 only this rank's share of them is summed.
  * @param opt The optimizer.
  * @param stats Receives what happened; may be NULL (else set its struct_size first).
  * @return MOE_OK (also when a non-finite step was skipped: see stats->skipped); MOE_ERR_INVALID_ARG.

@@ -19,6 +19,14 @@ MOE_EXTERN_C_BEGIN
  * @{
  */
 
+/** @brief Pipeline schedule of a training step on a mesh with pp > 1 (ignored when pp = 1). */
+typedef enum moe_pipeline_schedule {
+    MOE_PIPELINE_GPIPE = 0,       /**< All forwards, then all backwards: every micro-batch in flight at once. */
+    MOE_PIPELINE_ONE_F_ONE_B = 1, /**< 1F1B (PipeDream-flush): at most pp - stage micro-batches in flight. */
+    MOE_PIPELINE_INTERLEAVED = 2, /**< Interleaved 1F1B over the model's moe_model_config.pipeline_virtual_stages chunks per stage; num_micro_batches must be a multiple of pp. */
+    MOE_PIPELINE_SCHEDULE_FORCE32 = 0x7FFFFFFF /**< Forces a 32-bit enum. */
+} moe_pipeline_schedule;
+
 /** @brief This data-parallel rank's share of a global batch. Fill with moe_batch_init(). */
 typedef struct moe_batch {
     uint32_t struct_size;       /**< sizeof(moe_batch) as compiled by the caller. */
@@ -27,6 +35,7 @@ typedef struct moe_batch {
     int32_t micro_batch_size;   /**< Sequences per micro-batch, >= 1. Default 1. */
     int32_t seq_len;            /**< Tokens per sequence, >= 1. Default 1. */
     int32_t num_micro_batches;  /**< Micro-batches accumulated into one update, >= 1. Default 1. */
+    int32_t pipeline_schedule;  /**< A ::moe_pipeline_schedule, used when the mesh has pp > 1. A model with pipeline_virtual_stages > 1 needs MOE_PIPELINE_INTERLEAVED. Default MOE_PIPELINE_ONE_F_ONE_B. */
 } moe_batch;
 
 /** @brief What one training step did. */
@@ -56,6 +65,8 @@ MOE_API moe_status moe_batch_init(moe_batch *batch, uint32_t struct_size);
  *
  * Gradients are zeroed first. The loss is the mean over every counted target of the batch, whatever
  * the micro-batch split, so one step on 4 micro-batches equals one step on one micro-batch of 4x size.
+ * On a mesh with pp > 1 the micro-batches run under @p batch's pipeline_schedule, the same on every
+ * pipeline stage, and every rank returns the same statistics.
  * @param model The model.
  * @param opt An optimizer created for @p model.
  * @param batch The data; read during the call only.

@@ -11,6 +11,13 @@
 
 typedef struct moei_comm moei_comm;
 
+/* A posted non-blocking send (isend), completed by test or wait. Zero-initialise; `active` is 1
+ * while the send may still read its buffer. The handle is the backend's (an MPI_Request). */
+typedef struct moei_comm_request {
+    uint64_t handle[2];
+    int32_t active;
+} moei_comm_request;
+
 typedef struct moei_comm_ops {
     const char *name;
     moe_status (*all_reduce_sum)(moei_comm *c, void *buf, int64_t count, int32_t dtype);
@@ -27,6 +34,16 @@ typedef struct moei_comm_ops {
     /* Ranks with the same color form a new communicator, ordered by key then old rank. */
     moe_status (*split)(moei_comm *c, int32_t color, int32_t key, moei_comm **out);
     void (*destroy)(moei_comm *c);
+    /* Non-blocking send: posts the message and returns; the buffer must stay unchanged until test
+     * reports it done or wait returns. Matches a blocking recv; counted in bytes_sent like send.
+     * Counts above 2^30 elements are refused (MOE_ERR_UNSUPPORTED). */
+    moe_status (*isend)(moei_comm *c, const void *buf, int64_t count, int32_t dtype, int32_t peer, int32_t tag,
+                        moei_comm_request *req);
+    /* *done = 1 once the send has completed (the request is then inactive); never blocks. An
+     * inactive request is done. */
+    moe_status (*test)(moei_comm *c, moei_comm_request *req, int32_t *done);
+    /* Block until the send has completed; an inactive request returns at once. */
+    moe_status (*wait)(moei_comm *c, moei_comm_request *req);
 } moei_comm_ops;
 
 struct moei_comm {

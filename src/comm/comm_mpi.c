@@ -440,6 +440,55 @@ static moe_status mpi_recv(moei_comm *c, void *buf, int64_t count, int32_t dtype
     return MOE_OK;
 }
 
+_Static_assert(sizeof(MPI_Request) <= sizeof(((moei_comm_request *)0)->handle), "MPI_Request fits a moei_comm_request");
+
+static moe_status mpi_isend(moei_comm *c, const void *buf, int64_t count, int32_t dtype, int32_t peer, int32_t tag,
+                            moei_comm_request *req)
+{
+    static const char *what = "isend";
+    size_t esize = 0;
+    MPI_Datatype type = MPI_DATATYPE_NULL;
+    moe_status st = check_args(c, what, count, dtype, &esize, &type);
+    if (st == MOE_OK) st = check_peer(c, what, peer, tag);
+    if (st != MOE_OK) return st;
+    if (req->active) return moei_fail(c->ctx, MOE_ERR_STATE, "comm(mpi): isend: the request is still active");
+    /* one MPI message, so it matches a recv of the same count (recv splits at the same size) */
+    if (count > MPI_MAX_PIECE)
+        return moei_fail(c->ctx, MOE_ERR_UNSUPPORTED, "comm(mpi): isend of %lld elements (at most %lld)",
+                         (long long)count, (long long)MPI_MAX_PIECE);
+    MPI_Request r = MPI_REQUEST_NULL;
+    MPI_TRY(c, what, MPI_Isend(buf, (int)count, type, peer, tag, impl_of(c)->comm, &r));
+    memset(req->handle, 0, sizeof req->handle);
+    memcpy(req->handle, &r, sizeof r);
+    req->active = 1;
+    c->bytes_sent += (uint64_t)count * esize;
+    return MOE_OK;
+}
+
+static moe_status mpi_test(moei_comm *c, moei_comm_request *req, int32_t *done)
+{
+    *done = 1;
+    if (!req->active) return MOE_OK;
+    MPI_Request r;
+    memcpy(&r, req->handle, sizeof r);
+    int flag = 0;
+    MPI_TRY(c, "test", MPI_Test(&r, &flag, MPI_STATUS_IGNORE));
+    memcpy(req->handle, &r, sizeof r);
+    if (flag) req->active = 0;
+    *done = flag != 0;
+    return MOE_OK;
+}
+
+static moe_status mpi_wait(moei_comm *c, moei_comm_request *req)
+{
+    if (!req->active) return MOE_OK;
+    MPI_Request r;
+    memcpy(&r, req->handle, sizeof r);
+    MPI_TRY(c, "wait", MPI_Wait(&r, MPI_STATUS_IGNORE));
+    req->active = 0;
+    return MOE_OK;
+}
+
 static moe_status mpi_barrier(moei_comm *c)
 {
     MPI_TRY(c, "barrier", MPI_Barrier(impl_of(c)->comm));
@@ -544,7 +593,7 @@ static void mpi_destroy(moei_comm *c)
 
 static const moei_comm_ops mpi_ops = {
     "mpi", mpi_all_reduce, mpi_reduce_scatter, mpi_all_gather, mpi_all_to_all_v, mpi_broadcast,
-    mpi_send, mpi_recv, mpi_barrier, mpi_split, mpi_destroy,
+    mpi_send, mpi_recv, mpi_barrier, mpi_split, mpi_destroy, mpi_isend, mpi_test, mpi_wait,
 };
 
 static moe_status mpi_ensure_init(moe_ctx *ctx)

@@ -780,3 +780,125 @@ moe_status moei_ckpt_index_write(moe_ctx *ctx, const moei_ckpt_index *ix, char *
     *len = strlen(text);
     return MOE_OK;
 }
+
+/* ---- slice geometry --------------------------------------------------------------------------- */
+
+/* The window [a, b) of the sub-box of dimensions d.. whose outer indices are fixed at prefix[0..d)
+ * and whose first element has index `base` in the whole box: a partial head (recursing one
+ * dimension in), a run of whole index blocks of dimension d, then a partial tail. */
+static void window_rec(int32_t ndim, const int64_t *shape, int32_t d, int64_t *prefix, int64_t a, int64_t b,
+                       int64_t base, moei_ckpt_box *out, int32_t *n)
+{
+    if (a >= b) return;
+    int64_t inner = 1;
+    for (int32_t k = d + 1; k < ndim; k++) inner *= shape[k];
+    moei_ckpt_box *bx;
+    if (d == ndim - 1 || inner == 0) {
+        bx = &out[(*n)++];
+        for (int32_t k = 0; k < d; k++) {
+            bx->start[k] = prefix[k];
+            bx->end[k] = prefix[k] + 1;
+        }
+        bx->start[d] = a;
+        bx->end[d] = b;
+        for (int32_t k = d + 1; k < ndim; k++) {
+            bx->start[k] = 0;
+            bx->end[k] = shape[k];
+        }
+        bx->first = base + a;
+        return;
+    }
+    int64_t i = a / inner;
+    if (a % inner != 0) {
+        int64_t hb = b < (i + 1) * inner ? b : (i + 1) * inner;
+        prefix[d] = i;
+        window_rec(ndim, shape, d + 1, prefix, a - i * inner, hb - i * inner, base + i * inner, out, n);
+        a = hb;
+        i++;
+    }
+    int64_t j = b / inner;
+    if (a < b && j > i) {
+        bx = &out[(*n)++];
+        for (int32_t k = 0; k < d; k++) {
+            bx->start[k] = prefix[k];
+            bx->end[k] = prefix[k] + 1;
+        }
+        bx->start[d] = i;
+        bx->end[d] = j;
+        for (int32_t k = d + 1; k < ndim; k++) {
+            bx->start[k] = 0;
+            bx->end[k] = shape[k];
+        }
+        bx->first = base + i * inner;
+        a = j * inner;
+    }
+    if (a < b) {
+        prefix[d] = j;
+        window_rec(ndim, shape, d + 1, prefix, 0, b - j * inner, base + j * inner, out, n);
+    }
+}
+
+int32_t moei_ckpt_window_boxes(int32_t ndim, const int64_t *shape, int64_t first, int64_t count, moei_ckpt_box *out)
+{
+    if (count <= 0) return 0;
+    int32_t n = 0;
+    if (ndim == 0) {
+        out[0].first = 0;
+        return 1;
+    }
+    int64_t prefix[MOE_TENSOR_MAX_DIMS] = {0};
+    window_rec(ndim, shape, 0, prefix, first, first + count, 0, out, &n);
+    return n;
+}
+
+int64_t moei_ckpt_copy_window(int32_t ndim, const int64_t *dst_start, const int64_t *dst_shape, int64_t first,
+                              int64_t count, float *dst, const int64_t *src_start, const int64_t *src_end,
+                              const void *src)
+{
+    if (count <= 0) return 0;
+    if (ndim == 0) {
+        if (dst) memcpy(dst, src, sizeof(float));
+        return 1;
+    }
+    int64_t lo[MOE_TENSOR_MAX_DIMS] = {0}, hi[MOE_TENSOR_MAX_DIMS] = {0}, dstride[MOE_TENSOR_MAX_DIMS],
+            sstride[MOE_TENSOR_MAX_DIMS];
+    if (ndim > MOE_TENSOR_MAX_DIMS) return 0;
+    for (int32_t d = 0; d < ndim; d++) {
+        int64_t de = dst_start[d] + dst_shape[d];
+        lo[d] = dst_start[d] > src_start[d] ? dst_start[d] : src_start[d];
+        hi[d] = de < src_end[d] ? de : src_end[d];
+        if (lo[d] >= hi[d]) return 0;
+    }
+    dstride[ndim - 1] = sstride[ndim - 1] = 1;
+    for (int32_t d = ndim - 2; d >= 0; d--) {
+        dstride[d] = dstride[d + 1] * dst_shape[d + 1];
+        sstride[d] = sstride[d + 1] * (src_end[d + 1] - src_start[d + 1]);
+    }
+    const int32_t last = ndim - 1;
+    const int64_t len = hi[last] - lo[last], end = first + count;
+    int64_t idx[MOE_TENSOR_MAX_DIMS];
+    for (int32_t d = 0; d < ndim; d++) idx[d] = lo[d];
+    int64_t got = 0;
+    const unsigned char *s = src;
+    for (;;) {
+        /* one row of the intersection: dimension `last` runs over [lo, hi) */
+        int64_t df = 0, sf = 0;
+        for (int32_t d = 0; d < ndim; d++) {
+            df += (idx[d] - dst_start[d]) * dstride[d];
+            sf += (idx[d] - src_start[d]) * sstride[d];
+        }
+        if (df >= end) break; /* rows come in increasing order of df */
+        int64_t a = df > first ? df : first, b = df + len < end ? df + len : end;
+        if (a < b) {
+            if (dst) memcpy(dst + (a - first), s + (size_t)(sf + (a - df)) * sizeof(float), (size_t)(b - a) * sizeof(float));
+            got += b - a;
+        }
+        int32_t d = last - 1;
+        for (; d >= 0; d--) {
+            if (++idx[d] < hi[d]) break;
+            idx[d] = lo[d];
+        }
+        if (d < 0) break;
+    }
+    return got;
+}

@@ -107,6 +107,36 @@ void moei_ckpt_field_format(const moei_ckpt_field *f, const void *base, char *bu
 /* Shortest decimal text that reads back as exactly `v` (a finite float), "." as decimal point. */
 void moei_ckpt_format_float(float v, char *buf, size_t cap);
 
+/* ---- slice geometry ------------------------------------------------------------------------------
+ * A rank holds a box of a logical tensor (its shard: start[d] + [0, shape[d]) per dimension), and
+ * of that box, in its row-major order, a window of elements [first, first + count): the whole box
+ * for parameters, a flat ZeRO-1 chunk's share for optimizer moments. Saving cuts a window into boxes
+ * of the logical tensor (the slices of the index); loading copies from any slices the elements that
+ * fall in a window. Both work for slices along any dimensions. */
+
+/* Most boxes a window of an n-dimensional box is cut into: 2n - 1 (n >= 1), 1 for a scalar. */
+#define MOEI_CKPT_WINDOW_BOXES (2 * MOE_TENSOR_MAX_DIMS)
+
+typedef struct moei_ckpt_box {
+    int64_t start[MOE_TENSOR_MAX_DIMS], end[MOE_TENSOR_MAX_DIMS]; /* relative to the box cut */
+    int64_t first; /* row-major index (in the box cut) of this box's first element */
+} moei_ckpt_box;
+
+/* Cut the window [first, first + count) of a row-major box of `shape` into the fewest boxes whose
+ * elements are each contiguous in that order, in increasing order, into out[] (capacity
+ * MOEI_CKPT_WINDOW_BOXES); returns how many (0 for an empty window). The window must lie inside the
+ * box. A box's elements in its own row-major order are the window's elements from its `first` on. */
+int32_t moei_ckpt_window_boxes(int32_t ndim, const int64_t *shape, int64_t first, int64_t count, moei_ckpt_box *out);
+
+/* Copy into a window the elements a slice holds. The destination box starts at dst_start with
+ * dst_shape (logical coordinates), its window is [first, first + count) of its row-major order and
+ * dst points at the window's first element; the slice is [src_start, src_end) with its elements
+ * row-major at src (F32, any alignment). Returns the number of window elements the slice holds;
+ * with dst == NULL nothing is copied (a query). */
+int64_t moei_ckpt_copy_window(int32_t ndim, const int64_t *dst_start, const int64_t *dst_shape, int64_t first,
+                              int64_t count, float *dst, const int64_t *src_start, const int64_t *src_end,
+                              const void *src);
+
 #ifdef __cplusplus
 }
 #endif

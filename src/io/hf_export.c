@@ -222,6 +222,16 @@ MOE_API moe_status moe_model_export_hf(const moe_model *model, const char *out_d
     MOEI_CHECK_NOT_NULL(NULL, model, fn);
     moe_ctx *ctx = model->ctx;
     MOEI_CHECK_NOT_NULL(ctx, out_dir, fn);
+    for (int32_t i = 0; i < model->params.count; i++) {
+        const moei_param *e = &model->params.entries[i];
+        int64_t full = 1;
+        for (int32_t d = 0; d < e->ndim; d++) full *= e->full_shape[d];
+        if (full != e->numel)
+            return moei_fail(ctx, MOE_ERR_UNSUPPORTED,
+                             "%s: '%s' is split over ranks; load the checkpoint on one rank to export", fn, e->name);
+    }
+    if (model->pipe)
+        return moei_fail(ctx, MOE_ERR_UNSUPPORTED, "%s: the model is split over pipeline stages; export on one rank", fn);
     char out[EX_PATH_CAP];
     size_t ol = strlen(out_dir);
     while (ol > 1 && out_dir[ol - 1] == '/') ol--;

@@ -384,6 +384,15 @@ MOE_API moe_status moe_model_import_hf(moe_model *model, const char *dir)
     static const char *fn = "moe_model_import_hf";
     MOEI_CHECK_NOT_NULL(NULL, model, fn);
     MOEI_CHECK_NOT_NULL(model->ctx, dir, fn);
+    for (int32_t i = 0; i < model->params.count; i++) {
+        const moei_param *e = &model->params.entries[i];
+        int64_t full = 1;
+        for (int32_t d = 0; d < e->ndim; d++) full *= e->full_shape[d];
+        if (full != e->numel)
+            return moei_fail(model->ctx, MOE_ERR_UNSUPPORTED,
+                             "%s: '%s' is split over ranks; import on one rank, then save a checkpoint and load it on the mesh",
+                             fn, e->name);
+    }
     hf_source s;
     moe_status st = source_open(&s, model->ctx, dir);
     for (int32_t i = 0; st == MOE_OK && i < model->params.count; i++) st = load_param(&s, model, i);

@@ -1,5 +1,6 @@
 /* See attention_layer.h. q and k are saved after RoPE, which is what the attention backward needs;
- * the RoPE backward then rotates dq and dk back. */
+ * the RoPE backward then rotates dq and dk back. With tensor parallelism the attention itself runs
+ * on this rank's heads only (heads are independent), so only the region's edges communicate. */
 #include "nn/attention_layer.h"
 
 #include <stdio.h>
@@ -14,26 +15,41 @@ moe_status moei_attn_register(moei_attn *a, moei_params *p, const char *prefix, 
                               int32_t kv_heads, int32_t head_dim, int32_t position)
 {
     char name[MOEI_PARAM_NAME_CAP];
+    const int32_t T = moei_tp_on(&a->tp) ? a->tp.size : 1, r = T > 1 ? a->tp.rank : 0;
+    if (heads % T != 0 || kv_heads % T != 0)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG,
+                         "attention '%s': num_heads = %d and num_kv_heads = %d must both divide over tp = %d", prefix,
+                         (int)heads, (int)kv_heads, (int)T);
     a->d = d;
-    a->heads = heads;
-    a->kv_heads = kv_heads;
+    a->heads = heads / T;
+    a->kv_heads = kv_heads / T;
     a->head_dim = head_dim;
     a->position = position;
     if (position == MOE_POSITION_ALIBI) {
+        /* this rank's slice of the whole model's slope list */
         moe_status st = moei_alibi_slopes(p->ctx, heads, a->alibi);
         if (st != MOE_OK) return st;
+        for (int32_t h = 0; h < a->heads; h++) a->alibi[h] = a->alibi[r * a->heads + h];
     }
-    const int64_t qshape[2] = {(int64_t)heads * head_dim, d}, kvshape[2] = {(int64_t)kv_heads * head_dim, d},
-                  oshape[2] = {d, (int64_t)heads * head_dim};
+    const int64_t qd = (int64_t)heads * head_dim, kvd = (int64_t)kv_heads * head_dim;
+    const int64_t qfull[2] = {qd, d}, kvfull[2] = {kvd, d}, ofull[2] = {d, qd};
+    /* column-parallel: rows of wq, wk, wv; row-parallel: columns of wo */
+    const int64_t qshape[2] = {qd / T, d}, kvshape[2] = {kvd / T, d}, oshape[2] = {d, qd / T};
+    const int64_t qstart[2] = {r * (qd / T), 0}, kvstart[2] = {r * (kvd / T), 0}, ostart[2] = {0, r * (qd / T)};
     const struct {
         const char *suffix;
-        const int64_t *shape;
+        const int64_t *shape, *full, *start;
         int32_t *index;
-    } w[4] = {{"wq", qshape, &a->wq}, {"wk", kvshape, &a->wk}, {"wv", kvshape, &a->wv}, {"wo", oshape, &a->wo}};
+    } w[4] = {{"wq", qshape, qfull, qstart, &a->wq},
+              {"wk", kvshape, kvfull, kvstart, &a->wk},
+              {"wv", kvshape, kvfull, kvstart, &a->wv},
+              {"wo", oshape, ofull, ostart, &a->wo}};
     for (int i = 0; i < 4; i++) {
         snprintf(name, sizeof name, "%s.%s", prefix, w[i].suffix);
-        moe_status st = moei_params_add(p, name, 2, w[i].shape, MOEI_PARAM_MATRIX, w[i].index);
+        moe_status st = moei_params_add_slice(p, name, 2, w[i].shape, w[i].full, w[i].start, MOEI_PARAM_MATRIX,
+                                              MOEI_GROUP_DENSE, w[i].index);
         if (st != MOE_OK) return st;
+        if (T > 1) moei_params_set_tp(p, *w[i].index, MOEI_TP_SHARDED);
     }
     return MOE_OK;
 }
@@ -60,6 +76,12 @@ moe_status moei_attn_forward(moe_ctx *ctx, moei_attn *a, const moei_params *p, c
     if (st == MOE_OK) st = moei_buf_reserve(ctx, &a->pos, (uint64_t)n * sizeof(int32_t));
     if (st == MOE_OK) st = moei_buf_reserve(ctx, &a->ws, ws_bytes);
     if (st != MOE_OK) return st;
+    const int tp = moei_tp_on(&a->tp);
+    if (tp && a->tp.sp) st = reserve_f32(ctx, &a->xg, n * d);
+    if (tp && a->tp.sp && st == MOE_OK) st = reserve_f32(ctx, &a->part, n * d);
+    /* tensor parallel: every row of the micro-batch enters (gathered from the tp ranks with SP) */
+    if (tp && st == MOE_OK) st = moei_tp_region_input(&a->tp, x, moei_tp_rows(&a->tp, n), d, MOEI_BUF_F32(a->xg), &x);
+    if (st != MOE_OK) return st;
     float *q = MOEI_BUF_F32(a->q), *k = MOEI_BUF_F32(a->k), *v = MOEI_BUF_F32(a->v), *o = MOEI_BUF_F32(a->o);
     a->batch = batch;
     a->seq = seq;
@@ -76,7 +98,10 @@ moe_status moei_attn_forward(moe_ctx *ctx, moei_attn *a, const moei_params *p, c
     if (st == MOE_OK)
         st = moei_attention_fwd(ctx, batch, seq, a->heads, a->kv_heads, a->head_dim, 0.0f, alibi, q, k, v, o,
                                 MOEI_BUF_F32(a->lse), a->ws.ptr, ws_bytes);
-    if (st == MOE_OK) st = ops->gemm(ctx, 0, 1, n, d, qd, 1.0f, o, qd, moei_param_data(p, a->wo), qd, 0.0f, y, d);
+    /* row-parallel wo: this rank's heads give a partial sum of every output row */
+    float *out = tp && a->tp.sp ? MOEI_BUF_F32(a->part) : y;
+    if (st == MOE_OK) st = ops->gemm(ctx, 0, 1, n, d, qd, 1.0f, o, qd, moei_param_data(p, a->wo), qd, 0.0f, out, d);
+    if (st == MOE_OK && tp) st = moei_tp_region_output(&a->tp, out, n, d, y, 0, NULL);
     return st;
 }
 
@@ -91,6 +116,11 @@ moe_status moei_attn_backward(moe_ctx *ctx, moei_attn *a, const moei_params *p, 
     if (st == MOE_OK) st = reserve_f32(ctx, &a->dk, n * kvd);
     if (st == MOE_OK) st = reserve_f32(ctx, &a->dv, n * kvd);
     if (st == MOE_OK) st = reserve_f32(ctx, &a->dout, n * qd);
+    const int tp = moei_tp_on(&a->tp);
+    if (tp && (a->tp.sp || accumulate) && st == MOE_OK) st = reserve_f32(ctx, &a->part, n * d);
+    if (tp && a->tp.sp && st == MOE_OK) st = reserve_f32(ctx, &a->dyg, n * d);
+    /* the output gradient of every row (gathered with SP: the forward reduce-scattered it) */
+    if (tp && st == MOE_OK) st = moei_tp_region_input(&a->tp, dy, moei_tp_rows(&a->tp, n), d, MOEI_BUF_F32(a->dyg), &dy);
     if (st != MOE_OK) return st;
     float *q = MOEI_BUF_F32(a->q), *k = MOEI_BUF_F32(a->k), *v = MOEI_BUF_F32(a->v), *o = MOEI_BUF_F32(a->o);
     float *dq = MOEI_BUF_F32(a->dq), *dk = MOEI_BUF_F32(a->dk), *dv = MOEI_BUF_F32(a->dv),
@@ -108,15 +138,23 @@ moe_status moei_attn_backward(moe_ctx *ctx, moei_attn *a, const moei_params *p, 
     if (st == MOE_OK) st = ops->gemm(ctx, 1, 0, qd, d, n, 1.0f, dq, qd, x, d, 1.0f, moei_param_grad(p, a->wq), d);
     if (st == MOE_OK) st = ops->gemm(ctx, 1, 0, kvd, d, n, 1.0f, dk, kvd, x, d, 1.0f, moei_param_grad(p, a->wk), d);
     if (st == MOE_OK) st = ops->gemm(ctx, 1, 0, kvd, d, n, 1.0f, dv, kvd, x, d, 1.0f, moei_param_grad(p, a->wv), d);
-    float beta = accumulate ? 1.0f : 0.0f;
-    if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, qd, 1.0f, dq, qd, moei_param_data(p, a->wq), d, beta, dx, d);
-    if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, kvd, 1.0f, dk, kvd, moei_param_data(p, a->wk), d, 1.0f, dx, d);
-    if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, kvd, 1.0f, dv, kvd, moei_param_data(p, a->wv), d, 1.0f, dx, d);
+    /* column-parallel inputs: this rank's heads give a partial input gradient, summed over tp */
+    float *out = dx, beta = accumulate ? 1.0f : 0.0f;
+    if (tp && (a->tp.sp || accumulate)) {
+        out = MOEI_BUF_F32(a->part);
+        beta = 0.0f;
+    }
+    if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, qd, 1.0f, dq, qd, moei_param_data(p, a->wq), d, beta, out, d);
+    if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, kvd, 1.0f, dk, kvd, moei_param_data(p, a->wk), d, 1.0f, out, d);
+    if (st == MOE_OK) st = ops->gemm(ctx, 0, 0, n, d, kvd, 1.0f, dv, kvd, moei_param_data(p, a->wv), d, 1.0f, out, d);
+    /* the gathered dy has been read: it serves as the scratch of an accumulating reduce-scatter */
+    if (st == MOE_OK && tp) st = moei_tp_region_output(&a->tp, out, n, d, dx, accumulate, MOEI_BUF_F32(a->dyg));
     return st;
 }
 
 void moei_attn_free(moe_ctx *ctx, moei_attn *a)
 {
-    moei_buf *bufs[] = {&a->q, &a->k, &a->v, &a->o, &a->lse, &a->pos, &a->ws, &a->dq, &a->dk, &a->dv, &a->dout};
+    moei_buf *bufs[] = {&a->q,  &a->k,  &a->v,    &a->o,  &a->lse, &a->pos, &a->ws,
+                        &a->dq, &a->dk, &a->dv,   &a->dout, &a->xg, &a->part, &a->dyg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) moei_buf_free(ctx, bufs[i]);
 }

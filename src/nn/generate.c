@@ -5,6 +5,7 @@
  * the final norm and LM head on each sequence's last token. A prompt fed into an empty cache runs
  * the training attention kernel itself, so prefill matches the full forward's attention bit for bit. */
 #include "nn/generate.h"
+#include "parallel/mesh.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,13 @@ static float *cache_at(const moei_decoder *d, float *base, int32_t layer, int kv
 
 moe_status moei_decoder_init(moei_decoder *d, moe_model *model, int32_t max_len, int32_t cap, int with_spare)
 {
+    /* The cache and the decode path hold whole layers and the full vocabulary on one rank. */
+    /* (Expert parallelism works when every rank decodes the same prompt in step.) */
+    if (model->tp.size > 1 || model->pipe)
+        return moei_fail(model->ctx, MOE_ERR_UNSUPPORTED,
+                         "generation needs whole layers and the full vocabulary (this model has tp = %d, pp = %d); "
+                         "load its checkpoint on one rank to generate",
+                         (int)model->tp.size, (int)model->mesh->size[MOE_AXIS_PP]);
     memset(d, 0, sizeof *d);
     d->model = model;
     d->ctx = model->ctx;

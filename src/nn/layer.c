@@ -210,6 +210,11 @@ MOE_API moe_status moe_model_layer(moe_model *model, int32_t block, int32_t kind
         return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: block %d is not in [0, %d)", fn, (int)block,
                          (int)model->cfg.num_layers);
     moei_block *b = &model->blocks[block];
+    if (b->absent)
+        return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: block %d lives on another pipeline stage", fn, (int)block);
+    if (model->tp.size > 1 && model->tp.sp)
+        return moei_fail(model->ctx, MOE_ERR_UNSUPPORTED,
+                         "%s: borrowed layers take whole sequences, but this model is sequence parallel", fn);
     int32_t ffn_kind = b->is_moe ? MOE_LAYER_MOE : MOE_LAYER_DENSE_MLP;
     if (kind != MOE_LAYER_ATTENTION && kind != ffn_kind)
         return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: block %d has no layer of kind %d (its FFN is %s)", fn,

@@ -18,7 +18,9 @@
 #include "comm/comm.h"
 #include "nn/layer_internal.h"
 #include "nn/model_config.h"
+#include "nn/tp_model.h"
 #include "parallel/mesh.h"
+#include "parallel/pipeline.h"
 
 static moe_status register_block(moe_model *m, int32_t l)
 {
@@ -58,14 +60,15 @@ MOE_API moe_status moe_model_create(moe_ctx *ctx, const moe_mesh *mesh, const mo
     moe_model_config c;
     moe_status st = moei_model_config_load(ctx, cfg, &c, fn);
     if (st != MOE_OK) return st;
-    /* Data and expert parallelism are implemented; the other axes are refused by name. */
-    if (mesh->size[MOE_AXIS_TP] > 1 || mesh->size[MOE_AXIS_PP] > 1 || mesh->size[MOE_AXIS_ETP] > 1 ||
-        mesh->cfg.sequence_parallel)
+    /* Data, tensor (+ sequence), expert and pipeline parallelism are implemented; etp is refused. */
+    if (mesh->size[MOE_AXIS_ETP] > 1)
         return moei_fail(ctx, MOE_ERR_UNSUPPORTED,
-                         "%s: the mesh asks for tp = %d, pp = %d, etp = %d, sequence_parallel = %u; this version "
-                         "trains with data and expert parallelism (dp, ep) only",
-                         fn, (int)mesh->size[MOE_AXIS_TP], (int)mesh->size[MOE_AXIS_PP], (int)mesh->size[MOE_AXIS_ETP],
+                         "%s: the mesh asks for etp = %d; experts are not split over tensor-parallel ranks in this "
+                         "version (etp must be 1; tp = %d, pp = %d, sequence_parallel = %u are supported)",
+                         fn, (int)mesh->size[MOE_AXIS_ETP], (int)mesh->size[MOE_AXIS_TP], (int)mesh->size[MOE_AXIS_PP],
                          (unsigned)mesh->cfg.sequence_parallel);
+    st = moei_tp_model_check(ctx, mesh, &c, fn);
+    if (st != MOE_OK) return st;
     if (c.moe_num_experts > 0 && c.moe_num_experts % mesh->size[MOE_AXIS_EP] != 0)
         return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: moe_model_config.moe_num_experts = %d does not divide over ep = %d",
                          fn, (int)c.moe_num_experts, (int)mesh->size[MOE_AXIS_EP]);
@@ -85,14 +88,29 @@ MOE_API moe_status moe_model_create(moe_ctx *ctx, const moe_mesh *mesh, const mo
         return moei_fail(ctx, MOE_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     }
     moei_ctx_retain(ctx);
+    moei_tp_model_pre_register(m); /* sub-layers register their tensor-parallel slices */
     const int64_t embed_shape[2] = {c.vocab_size, c.d_model}, pos_shape[2] = {c.max_seq_len, c.d_model};
-    st = moei_params_add(&m->params, "embed.weight", 2, embed_shape, MOEI_PARAM_EMBEDDING, &m->embed);
-    if (st == MOE_OK && c.position == MOE_POSITION_LEARNED)
+    /* Pipeline parallelism: this stage registers only its blocks, the embedding on the first stage
+     * and the final norm + LM head on the last (names stay logical, so init matches one rank). */
+    m->embed = -1;
+    if (mesh->size[MOE_AXIS_PP] > 1) st = moei_pipe_create(ctx, mesh, &c, &m->pipe, fn);
+    const int hold_embed = moei_pipe_holds_embed(m->pipe), hold_head = moei_pipe_holds_head(m->pipe);
+    if (st == MOE_OK && hold_embed)
+        st = moei_params_add(&m->params, "embed.weight", 2, embed_shape, MOEI_PARAM_EMBEDDING, &m->embed);
+    if (st == MOE_OK && hold_embed && c.position == MOE_POSITION_LEARNED)
         st = moei_params_add(&m->params, "pos_embed.weight", 2, pos_shape, MOEI_PARAM_EMBEDDING, &m->pos_embed);
-    for (int32_t l = 0; st == MOE_OK && l < c.num_layers; l++) st = register_block(m, l);
-    if (st == MOE_OK) st = moei_norm_register(&m->final_norm, &m->params, "final_norm", c.norm, c.d_model, c.norm_eps);
-    if (st == MOE_OK && !c.tie_embeddings)
+    for (int32_t l = 0; st == MOE_OK && l < c.num_layers; l++) {
+        m->blocks[l].absent = !moei_pipe_holds_layer(m->pipe, l);
+        if (!m->blocks[l].absent) st = register_block(m, l);
+    }
+    if (st == MOE_OK && hold_head)
+        st = moei_norm_register(&m->final_norm, &m->params, "final_norm", c.norm, c.d_model, c.norm_eps);
+    if (st == MOE_OK && hold_head && !c.tie_embeddings)
         st = moei_params_add(&m->params, "lm_head.weight", 2, embed_shape, MOEI_PARAM_MATRIX, &m->lm_head);
+    if (st == MOE_OK) st = moei_tp_model_post_register(m); /* vocabulary shards, tp-partial gradients */
+    /* ZeRO-1 splits each region evenly over the ranks that replicate it (a few floats of padding) */
+    m->params.region_align[MOEI_GROUP_DENSE] = mesh->size[MOE_AXIS_DP];
+    m->params.region_align[MOEI_GROUP_EXPERT] = mesh->size[MOE_AXIS_EDP];
     if (st == MOE_OK) st = moei_params_alloc(&m->params);
     if (st == MOE_OK && c.position == MOE_POSITION_ROPE) {
         int64_t half = m->head_dim / 2;
@@ -140,6 +158,8 @@ MOE_API void moe_model_destroy(moe_model *m)
                         &m->h_final,  &m->logits,   &m->dx,     &m->dh};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) moei_buf_free(ctx, bufs[i]);
     moei_params_free(&m->params);
+    moei_tp_model_free(m);
+    moei_pipe_destroy(ctx, m->pipe);
     moei_ctx_release(ctx);
     free(m);
 }
@@ -168,23 +188,30 @@ moe_status moei_model_prepare(moe_model *m, const int32_t *tokens, int64_t batch
 {
     moe_ctx *ctx = m->ctx;
     const moe_model_config *c = &m->cfg;
-    const int64_t n = batch * seq, d = c->d_model, V = c->vocab_size;
+    /* rows: of the residual stream this rank keeps (tensor parallel: n / tp with sequence
+     * parallelism); V: the vocabulary columns of the logits it computes */
+    const int64_t n = batch * seq, rows = moei_tp_rows(&m->tp, n), d = c->d_model;
+    int64_t v0 = 0, V = c->vocab_size;
+    if (moei_tp_on(&m->tp)) moei_tp_vocab_slice(m, &v0, &V);
     m->has_forward = 0;
     m->forward_count++;
     moe_status st = moei_buf_reserve(ctx, &m->tokens, (uint64_t)n * sizeof(int32_t));
     if (st == MOE_OK) st = moei_buf_reserve(ctx, &m->positions, (uint64_t)n * sizeof(int32_t));
     for (int32_t l = 0; st == MOE_OK && l < c->num_layers; l++) {
         moei_block *b = &m->blocks[l];
-        st = reserve_f32(ctx, &b->x, n * d);
-        if (st == MOE_OK) st = reserve_f32(ctx, &b->h1, n * d);
-        if (st == MOE_OK) st = reserve_f32(ctx, &b->x2, n * d);
-        if (st == MOE_OK) st = reserve_f32(ctx, &b->h2, n * d);
+        if (b->absent && !moei_pipe_needs_input(m->pipe, l)) continue;
+        st = reserve_f32(ctx, &b->x, rows * d);
+        if (b->absent) continue; /* another stage's block: only its input, where a chunk of ours ends */
+        if (st == MOE_OK) st = reserve_f32(ctx, &b->h1, rows * d);
+        if (st == MOE_OK) st = reserve_f32(ctx, &b->x2, rows * d);
+        if (st == MOE_OK) st = reserve_f32(ctx, &b->h2, rows * d);
     }
-    if (st == MOE_OK) st = reserve_f32(ctx, &m->x_final, n * d);
-    if (st == MOE_OK) st = reserve_f32(ctx, &m->h_final, n * d);
-    if (st == MOE_OK) st = reserve_f32(ctx, &m->logits, n * V);
-    if (st == MOE_OK) st = reserve_f32(ctx, &m->dx, n * d);
-    if (st == MOE_OK) st = reserve_f32(ctx, &m->dh, n * d);
+    if (st == MOE_OK && moei_pipe_needs_input(m->pipe, c->num_layers)) st = reserve_f32(ctx, &m->x_final, rows * d);
+    if (st == MOE_OK && moei_pipe_holds_head(m->pipe)) st = reserve_f32(ctx, &m->h_final, rows * d);
+    if (st == MOE_OK && moei_pipe_holds_head(m->pipe)) st = reserve_f32(ctx, &m->logits, n * V);
+    if (st == MOE_OK) st = reserve_f32(ctx, &m->dx, rows * d);
+    if (st == MOE_OK) st = reserve_f32(ctx, &m->dh, rows * d);
+    if (st == MOE_OK && moei_tp_on(&m->tp)) st = moei_tp_model_prepare(m, n);
     if (st != MOE_OK) return st;
     if (tokens) memcpy(m->tokens.ptr, tokens, (size_t)n * sizeof(int32_t));
     int32_t *pos = MOEI_BUF_I32(m->positions);
@@ -202,6 +229,7 @@ float *moei_model_block_input(moe_model *m, int32_t l)
 
 moe_status moei_model_embed_forward(moe_model *m)
 {
+    if (moei_tp_on(&m->tp)) return moei_tp_embed_forward(m); /* vocab-parallel */
     const moe_model_config *c = &m->cfg;
     const int64_t n = m->batch * m->seq, d = c->d_model;
     float *x0 = moei_model_block_input(m, 0);
@@ -216,7 +244,8 @@ moe_status moei_model_embed_forward(moe_model *m)
 moe_status moei_block_forward(moe_model *m, int32_t l, int training)
 {
     moe_ctx *ctx = m->ctx;
-    const int64_t n = m->batch * m->seq, d = m->cfg.d_model;
+    /* norms and residuals run on this rank's rows (a tp share with sequence parallelism) */
+    const int64_t n = moei_tp_rows(&m->tp, m->batch * m->seq), d = m->cfg.d_model;
     const moei_params *p = &m->params;
     moei_block *b = &m->blocks[l];
     float *x = MOEI_BUF_F32(b->x), *h1 = MOEI_BUF_F32(b->h1), *x2 = MOEI_BUF_F32(b->x2), *h2 = MOEI_BUF_F32(b->h2);
@@ -238,6 +267,7 @@ moe_status moei_block_forward(moe_model *m, int32_t l, int training)
 
 moe_status moei_model_head_forward(moe_model *m)
 {
+    if (moei_tp_on(&m->tp)) return moei_tp_head_forward(m); /* vocab-parallel */
     const moei_ops *ops = moei_ctx_ops(m->ctx);
     if (!ops) return MOE_ERR_UNSUPPORTED;
     const int64_t n = m->batch * m->seq, d = m->cfg.d_model, V = m->cfg.vocab_size;
@@ -265,6 +295,9 @@ MOE_API moe_status moe_model_forward(moe_model *model, const int32_t *tokens, in
 {
     static const char *fn = "moe_model_forward";
     MOEI_CHECK_NOT_NULL(NULL, model, fn);
+    if (model->pipe)
+        return moei_fail(model->ctx, MOE_ERR_UNSUPPORTED, "%s: the model is split over pp = %d pipeline stages", fn,
+                         (int)model->mesh->size[MOE_AXIS_PP]);
     moe_status st = check_tokens(model, tokens, batch, seq_len, fn);
     if (st != MOE_OK) return st;
     uint64_t need = (uint64_t)batch * (uint64_t)seq_len * (uint64_t)model->cfg.vocab_size;
@@ -274,6 +307,7 @@ MOE_API moe_status moe_model_forward(moe_model *model, const int32_t *tokens, in
     int saved = moei_threads_enter(model->ctx);
     st = moei_model_forward(model, tokens, batch, seq_len, 0);
     moei_threads_leave(saved);
+    if (st == MOE_OK && logits && moei_tp_on(&model->tp)) return moei_tp_gather_logits(model, logits);
     if (st == MOE_OK && logits) memcpy(logits, model->logits.ptr, (size_t)need * sizeof(float));
     return st;
 }
@@ -281,6 +315,7 @@ MOE_API moe_status moe_model_forward(moe_model *model, const int32_t *tokens, in
 moe_status moei_model_head_backward(moe_model *m, const int32_t *targets, float loss_weight, double *loss_sum,
                                     int64_t *counted_out)
 {
+    if (moei_tp_on(&m->tp)) return moei_tp_head_backward(m, targets, loss_weight, loss_sum, counted_out);
     moe_ctx *ctx = m->ctx;
     const moei_ops *ops = moei_ctx_ops(ctx);
     const int64_t n = m->batch * m->seq, d = m->cfg.d_model, V = m->cfg.vocab_size;
@@ -304,7 +339,7 @@ moe_status moei_model_head_backward(moe_model *m, const int32_t *targets, float 
 moe_status moei_block_backward(moe_model *m, int32_t l, float loss_weight)
 {
     moe_ctx *ctx = m->ctx;
-    const int64_t n = m->batch * m->seq;
+    const int64_t n = moei_tp_rows(&m->tp, m->batch * m->seq); /* this rank's rows, as in the forward */
     const moei_params *p = &m->params;
     moei_block *b = &m->blocks[l];
     float *dx = MOEI_BUF_F32(m->dx), *dh = MOEI_BUF_F32(m->dh);
@@ -323,6 +358,7 @@ moe_status moei_block_backward(moe_model *m, int32_t l, float loss_weight)
 
 moe_status moei_model_embed_backward(moe_model *m)
 {
+    if (moei_tp_on(&m->tp)) return moei_tp_embed_backward(m); /* vocab-parallel */
     const moe_model_config *c = &m->cfg;
     const int64_t n = m->batch * m->seq, d = c->d_model;
     moei_params *p = &m->params;
@@ -364,6 +400,10 @@ MOE_API moe_status moe_model_forward_backward(moe_model *model, const int32_t *t
 {
     static const char *fn = "moe_model_forward_backward";
     MOEI_CHECK_NOT_NULL(NULL, model, fn);
+    if (model->pipe)
+        return moei_fail(model->ctx, MOE_ERR_UNSUPPORTED,
+                         "%s: the model is split over pp = %d pipeline stages; moe_train_step runs its schedule", fn,
+                         (int)model->mesh->size[MOE_AXIS_PP]);
     moe_status st = check_tokens(model, tokens, batch, seq_len, fn);
     if (st != MOE_OK) return st;
     MOEI_CHECK_NOT_NULL(model->ctx, targets, fn);
@@ -489,6 +529,8 @@ MOE_API moe_status moe_model_routing_stats(const moe_model *model, int32_t layer
     if (layer < 0 || layer >= model->cfg.num_layers)
         return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: layer %d is not in [0, %d)", fn, (int)layer,
                          (int)model->cfg.num_layers);
+    if (model->blocks[layer].absent)
+        return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: layer %d lives on another pipeline stage", fn, (int)layer);
     if (!model->blocks[layer].is_moe)
         return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: layer %d is a dense MLP layer", fn, (int)layer);
     return moei_moe_stats(model->ctx, &model->blocks[layer].moe, stats, tokens_per_expert, capacity, fn);
@@ -552,6 +594,9 @@ MOE_API moe_status moe_model_upcycle(moe_model *model, const moe_model *dense)
 moe_status moei_model_reduce_grads(moe_model *m)
 {
     const moei_params *p = &m->params;
+    /* tensors replicated over tp whose gradients cover part of the tokens: sum over tp first */
+    moe_status tst = moei_tp_reduce_partial_grads(m);
+    if (tst != MOE_OK) return tst;
     const int32_t axes[MOEI_GROUP_COUNT] = {MOE_AXIS_DP, MOE_AXIS_EDP};
     for (int32_t g = 0; g < MOEI_GROUP_COUNT; g++) {
         if (m->mesh->size[axes[g]] <= 1 || p->region_size[g] == 0) continue;
@@ -572,6 +617,12 @@ moe_status moei_model_grad_sumsq(moe_model *m, double *sumsq, int32_t *finite)
         if (st == MOE_OK) st = moei_cpu_sum_squares(m->ctx, p->region_size[g], p->grad + p->region_offset[g], &part[g]);
         if (st != MOE_OK) return st;
     }
+    /* Tensor parallelism: dense slices differ over tp (their squares are summed over it), the
+     * other dense tensors are identical over tp (counted once). */
+    if (moei_tp_on(&m->tp)) {
+        moe_status st = moei_tp_dense_sumsq(m, &part[0], &ok[0]);
+        if (st != MOE_OK) return st;
+    }
     /* After the reduction dense gradients are identical on every rank: count them once. Expert
      * gradients are identical within an edp group and differ across ep ranks: sum over ep. */
     const int32_t ep = m->mesh->size[MOE_AXIS_EP];
@@ -587,6 +638,24 @@ moe_status moei_model_grad_sumsq(moe_model *m, double *sumsq, int32_t *finite)
             part[1] += all[r];
             ok[1] &= oks[r];
         }
+    }
+    /* Pipeline stages hold disjoint parameters: add the stages' sums in rank order. */
+    const int32_t pp = m->mesh->size[MOE_AXIS_PP];
+    if (pp > 1) {
+        double mine[3] = {part[0], part[1], (double)(ok[0] && ok[1])};
+        double *all = malloc((size_t)pp * sizeof mine);
+        if (!all) return moei_fail(m->ctx, MOE_ERR_OUT_OF_MEMORY, "moe_optimizer_step: out of host memory");
+        moe_status st = moei_comm_host_all_gather(moei_mesh_comm(m->mesh, MOE_AXIS_PP), mine, all, sizeof mine);
+        if (st == MOE_OK) {
+            part[0] = part[1] = 0.0;
+            for (int32_t r = 0; r < pp; r++) {
+                part[0] += all[3 * r];
+                part[1] += all[3 * r + 1];
+                ok[0] &= all[3 * r + 2] != 0.0;
+            }
+        }
+        free(all);
+        if (st != MOE_OK) return st;
     }
     *sumsq = part[0] + part[1];
     *finite = ok[0] && ok[1];

@@ -23,6 +23,7 @@ typedef struct moei_block {
     /* saved forward: block input x, norm outputs, mid residual */
     moei_buf x, h1, x2, h2;
     struct moe_layer *attn_handle, *ffn_handle; /* borrowed handles, created on demand */
+    int absent; /* pipeline parallelism: another stage holds this block (nothing registered here) */
 } moei_block;
 
 struct moe_model {
@@ -41,6 +42,11 @@ struct moe_model {
     /* saved forward of the last micro-batch */
     int64_t batch, seq;
     moei_buf tokens, positions, x_final, h_final, logits, dx, dh;
+    struct moei_pipe *pipe; /* pp > 1: this stage's layers and the schedule executor (parallel/pipeline.h) */
+    /* tensor/sequence parallelism (nn/tp_model.h): the layout, and buffers for the gathered final
+     * hidden state (SP), an [n, d] scratch, the vocab-parallel loss statistics, logits gathering */
+    moei_tp tp;
+    moei_buf tp_hf, tp_full, tp_stats, tp_aux;
 };
 
 /* Sum the gradients over the ranks that hold copies: dense tensors over dp, expert tensors over

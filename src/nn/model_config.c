@@ -39,6 +39,8 @@ void moei_model_config_defaults(moe_model_config *c)
     c->moe_aux_loss_coef = 0.01f;
     c->moe_z_loss_coef = 0.001f;
     c->moe_bias_update_rate = 0.0f;
+    c->pipeline_virtual_stages = 1;
+    for (size_t i = 0; i < sizeof c->pipeline_layers / sizeof c->pipeline_layers[0]; i++) c->pipeline_layers[i] = 0;
 }
 
 MOE_API moe_status moe_model_config_init(moe_model_config *cfg, uint32_t struct_size)

@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "cpu/router.h"
 #include "moe/model.h"
+#include "nn/tp_moe.h"
 #include "parallel/mesh.h"
 
 moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s)
@@ -212,6 +213,12 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     const int64_t d = s->d, f = s->hidden, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
     const int expert_choice = s->router == MOE_ROUTER_EXPERT_CHOICE;
     const int ep = m->ep_size > 1;
+    /* tensor parallelism: route this rank's rows only (tp_moe.h); y_caller gets every row back */
+    float *const y_caller = y;
+    if (moei_tp_on(&m->tp)) {
+        moe_status tst = moei_moe_tp_enter(ctx, m, &x, &n, &y);
+        if (tst != MOE_OK) return tst;
+    }
     int64_t capacity, n_slots;
     if (expert_choice) {
         capacity = moei_router_capacity(n, E, k, s->capacity_factor);
@@ -322,16 +329,22 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     /* Statistics and loss values (the gradients are added in the backward). */
     float aux = 0.0f, z = 0.0f;
     st = moei_dispatch_plan_stats(ctx, &m->plan, &m->stats);
+    /* with tp: counts and stats of the whole micro-batch, each rank's exact share of the losses */
+    if (st == MOE_OK && moei_tp_on(&m->tp)) st = moei_moe_tp_count(ctx, m);
+    const int32_t *demand = moei_moe_demand(m);
+    const float share = moei_moe_token_share(m);
     if (st == MOE_OK && !expert_choice && s->aux_coef > 0.0f)
-        st = moei_router_aux_loss(ctx, n, E, k, s->score_function, s->aux_coef, probs, m->plan.counts_pre_drop, &aux,
+        st = moei_router_aux_loss(ctx, n, E, k, s->score_function, s->aux_coef * share * share, probs, demand, &aux,
                                   NULL);
-    if (st == MOE_OK && s->z_coef > 0.0f) st = moei_router_z_loss(ctx, n, E, s->z_coef, logits, &z, NULL);
+    if (st == MOE_OK && s->z_coef > 0.0f) st = moei_router_z_loss(ctx, n, E, s->z_coef * share, logits, &z, NULL);
+    if (st == MOE_OK && moei_tp_on(&m->tp)) st = moei_moe_tp_losses(ctx, m, &aux, &z);
     if (st != MOE_OK) return st;
     m->aux_loss = aux;
     m->z_loss = z;
     m->has_stats = 1;
     if (training)
-        for (int32_t e = 0; e < E; e++) m->step_counts[e] += m->plan.counts_pre_drop[e];
+        for (int32_t e = 0; e < E; e++) m->step_counts[e] += demand[e];
+    if (moei_tp_on(&m->tp)) return moei_moe_tp_leave(ctx, m, y, y_caller);
     return MOE_OK;
 }
 
@@ -346,6 +359,13 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
     const int64_t n_slots = m->plan.n_slots, rows = m->eoffset[m->local_experts];
     const int expert_choice = s->router == MOE_ROUTER_EXPERT_CHOICE;
     const int ep = m->ep_size > 1;
+    /* tensor parallelism: this rank's rows, as in the forward (tp_moe.h) */
+    float *const dx_caller = dx;
+    const int accumulate_caller = accumulate;
+    if (moei_tp_on(&m->tp)) {
+        moe_status tst = moei_moe_tp_enter_backward(ctx, m, &dy, &dx, &accumulate);
+        if (tst != MOE_OK) return tst;
+    }
     moe_status st = reserve(ctx, &m->d_yp, m->plan.n_rows * d, sizeof(float));
     if (st == MOE_OK && ep) st = reserve(ctx, &m->d_ye, rows * d, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_w, n_slots, sizeof(float));
@@ -397,11 +417,12 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
                                            MOEI_BUF_I32(m->sel_idx), d_w, NULL, d_logits);
     }
     float unused;
+    const float share = moei_moe_token_share(m);
     if (st == MOE_OK && !expert_choice && s->aux_coef > 0.0f)
-        st = moei_router_aux_loss(ctx, n, E, k, s->score_function, s->aux_coef * loss_weight, probs,
-                                  m->plan.counts_pre_drop, &unused, d_logits);
+        st = moei_router_aux_loss(ctx, n, E, k, s->score_function, s->aux_coef * share * share * loss_weight, probs,
+                                  moei_moe_demand(m), &unused, d_logits);
     if (st == MOE_OK && s->z_coef > 0.0f)
-        st = moei_router_z_loss(ctx, n, E, s->z_coef * loss_weight, logits, &unused, d_logits);
+        st = moei_router_z_loss(ctx, n, E, s->z_coef * share * loss_weight, logits, &unused, d_logits);
     const float *xr = (s->jitter > 0.0f && m->training) ? MOEI_BUF_F32(m->xr) : m->x;
     if (st == MOE_OK)
         st = ops->gemm(ctx, 1, 0, E, d, n, 1.0f, d_logits, E, xr, d, 1.0f, moei_param_grad(p, m->router_w), d);
@@ -416,6 +437,7 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
         for (int64_t i = 0; i < n * d; i++) dx[i] += d_xr[i];
     }
     if (m->has_shared) st = moei_mlp_backward(ctx, &m->shared, p, dy, dx, 1);
+    if (st == MOE_OK && moei_tp_on(&m->tp)) st = moei_moe_tp_leave_backward(ctx, m, dx, dx_caller, accumulate_caller);
     return st;
 }
 
@@ -442,6 +464,7 @@ void moei_moe_free(moe_ctx *ctx, moei_moe *m)
     free(m->eoffset);
     free(m->ep_cursor);
     free(m->all_counts);
+    moei_moe_tp_free(ctx, m);
 }
 
 moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *stats, int64_t *tokens_per_expert,
@@ -459,7 +482,7 @@ moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *st
     memset(&r, 0, sizeof r);
     r.struct_size = stats->struct_size;
     r.num_experts = m->s.num_experts;
-    r.tokens = m->n;
+    r.tokens = moei_tp_on(&m->tp) ? m->n * m->tp.size : m->n; /* the whole micro-batch */
     r.assignments = m->stats.n_rows;
     r.dropped = m->stats.n_dropped;
     r.max_load = m->stats.max_kept;
@@ -469,7 +492,8 @@ moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *st
     size_t n = stats->struct_size < sizeof r ? stats->struct_size : sizeof r;
     memcpy(stats, &r, n);
     if (tokens_per_expert)
-        for (int32_t e = 0; e < m->s.num_experts; e++) tokens_per_expert[e] = m->plan.counts[e];
+        for (int32_t e = 0; e < m->s.num_experts; e++)
+            tokens_per_expert[e] = moei_tp_on(&m->tp) ? m->tp_counts[m->s.num_experts + e] : m->plan.counts[e];
     return MOE_OK;
 }
 

@@ -12,6 +12,7 @@
 #include "nn/buffers.h"
 #include "nn/mlp.h"
 #include "nn/params.h"
+#include "nn/tp.h"
 
 /* Most expert-parallel ranks one layer spans (sizes fixed-size exchange arrays). */
 #define MOEI_MAX_EP 1024
@@ -61,6 +62,11 @@ typedef struct moei_moe {
     int has_stats;
     double aux_loss, z_loss;
     moei_dispatch_stats stats;
+    /* tensor parallelism (nn/tp_moe.c): each tp rank routes its 1/tp of the micro-batch's rows;
+     * counts, stats and router losses cover the whole micro-batch. Zeroed = off. */
+    moei_tp tp;
+    int32_t *tp_counts;        /* [2E] demand, then kept rows, per expert over the whole micro-batch */
+    moei_buf tp_y, tp_dx, tp_full; /* without SP: this rank's rows before the gather, and a gather scratch */
 } moei_moe;
 
 moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s);

@@ -20,6 +20,10 @@ moe_status moei_norm_register(moei_norm *nm, moei_params *p, const char *prefix,
         snprintf(name, sizeof name, "%s.bias", prefix);
         st = moei_params_add(p, name, 1, shape, MOEI_PARAM_BIAS, &nm->b);
     }
+    if (st == MOE_OK && moei_tp_on(&nm->tp) && nm->tp.sp) {
+        moei_params_set_tp(p, nm->w, MOEI_TP_PARTIAL);
+        if (nm->b >= 0) moei_params_set_tp(p, nm->b, MOEI_TP_PARTIAL);
+    }
     return st;
 }
 

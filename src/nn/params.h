@@ -30,12 +30,29 @@ typedef enum moei_param_group {
     MOEI_GROUP_COUNT = 2,
 } moei_param_group;
 
+/* How a dense tensor lies over the tensor-parallel group, which decides how its gradient is reduced
+ * and counted in the global norm:
+ *   REPLICATED  every tp rank holds the whole tensor and computes the same gradient (norms without
+ *               sequence parallelism): not summed over tp, counted once;
+ *   SHARDED     each tp rank holds its own slice (column/row-parallel weights, vocab shards): not
+ *               summed over tp, squares summed over tp;
+ *   PARTIAL     every tp rank holds the whole tensor but sees only its share of the tokens (norms
+ *               with sequence parallelism, routers, shared experts): gradients summed over tp
+ *               before the dp reduction, then counted once. */
+typedef enum moei_param_tp {
+    MOEI_TP_REPLICATED = 0,
+    MOEI_TP_SHARDED = 1,
+    MOEI_TP_PARTIAL = 2,
+} moei_param_tp;
+
 typedef struct moei_param {
     char name[MOEI_PARAM_NAME_CAP];
     int32_t ndim;
     int64_t shape[MOE_TENSOR_MAX_DIMS];      /* this rank's shard */
     int64_t full_shape[MOE_TENSOR_MAX_DIMS]; /* the logical tensor */
-    int64_t shard_start;                     /* first index along dimension 0 held here */
+    int64_t start[MOE_TENSOR_MAX_DIMS];      /* where the shard begins in each dimension of the logical tensor */
+    int64_t shard_start;                     /* start[0] (first index along dimension 0 held here) */
+    int32_t tp;                              /* a moei_param_tp */
     int32_t group;                           /* a moei_param_group */
     int64_t offset; /* in floats, into data and grad */
     int64_t numel;
@@ -52,6 +69,9 @@ typedef struct moei_params {
     int64_t region_offset[MOEI_GROUP_COUNT];
     int64_t region_size[MOEI_GROUP_COUNT]; /* padded to region_align[g] */
     int64_t region_align[MOEI_GROUP_COUNT]; /* set before alloc (e.g. to the ZeRO shard count); default 1 */
+    /* The MOEI_TP_PARTIAL tensors of the dense region, placed together at its end (before the
+     * padding) so one all-reduce over tp sums them; size 0 when there are none. */
+    int64_t tp_partial_offset, tp_partial_size;
     float *data;
     float *grad;
 } moei_params;
@@ -64,8 +84,19 @@ moe_status moei_params_add(moei_params *p, const char *name, int32_t ndim, const
  * logical tensor whose dimension 0 is full_dim0 (expert parallelism slices experts this way). */
 moe_status moei_params_add_shard(moei_params *p, const char *name, int32_t ndim, const int64_t *shape, int32_t role,
                                  int32_t group, int64_t full_dim0, int64_t shard_start, int32_t *index);
-/* Give every tensor its place (dense region, then expert region, each padded to its alignment)
- * and allocate data and grad (zeroed). */
+/* General form: this rank holds shape[d] elements from start[d] of every dimension d of a logical
+ * tensor of full_shape (tensor parallelism slices rows of column-parallel weights and columns of
+ * row-parallel ones). The init draws the logical elements of the slice. */
+moe_status moei_params_add_slice(moei_params *p, const char *name, int32_t ndim, const int64_t *shape,
+                                 const int64_t *full_shape, const int64_t *start, int32_t role, int32_t group,
+                                 int32_t *index);
+/* Before moei_params_alloc: keep only [start, start + count) of dimension `dim` of a registered
+ * tensor (of what it holds now), e.g. a vocabulary shard of an embedding registered whole. */
+moe_status moei_params_slice(moei_params *p, int32_t index, int32_t dim, int64_t start, int64_t count);
+/* Before moei_params_alloc: how the tensor lies over tp (a moei_param_tp; default REPLICATED). */
+void moei_params_set_tp(moei_params *p, int32_t index, int32_t tp);
+/* Give every tensor its place (dense region, then expert region, each padded to its alignment;
+ * within a region the MOEI_TP_PARTIAL tensors come last) and allocate data and grad (zeroed). */
 moe_status moei_params_alloc(moei_params *p);
 void moei_params_free(moei_params *p);
 

@@ -1,6 +1,8 @@
-/* moe_optimizer: global-norm clipping, non-finite step skipping, LR schedule, and the AdamW/SGD
- * update over the model's one contiguous parameter buffer. After an applied update it also runs
- * the MoE layers' once-per-step work (the aux-loss-free bias update from the step's counts). */
+/* moe_optimizer: the gradient reduction over data-parallel replicas (all-reduce, or ZeRO-1
+ * reduce-scatter/all-gather: optim/zero.c), global-norm clipping, non-finite step skipping (agreed
+ * by every rank), LR schedule, and the AdamW/SGD update over the part of the model's contiguous
+ * parameter buffer this rank owns. After an applied update it also runs the MoE layers'
+ * once-per-step work (the aux-loss-free bias update from the step's counts). */
 #include "optim/optimizer.h"
 
 #include <math.h>
@@ -13,10 +15,12 @@
 #include "cpu/optim_kernels.h"
 #include "comm/comm.h"
 #include "nn/model.h"
+#include "optim/zero.h"
 #include "parallel/mesh.h"
 
 static void optimizer_config_defaults(moe_optimizer_config *c)
 {
+    memset(c, 0, sizeof *c); /* padding too: configs compare bytewise */
     c->type = MOE_OPTIMIZER_ADAMW;
     c->lr = 1e-3f;
     c->min_lr = 1e-4f;
@@ -32,6 +36,7 @@ static void optimizer_config_defaults(moe_optimizer_config *c)
     c->clip_grad_norm = 1.0f;
     c->decay_norms_and_biases = 0;
     c->decay_embeddings = 0;
+    c->zero_stage = 0;
 }
 
 MOE_API moe_status moe_optimizer_config_init(moe_optimizer_config *cfg, uint32_t struct_size)
@@ -66,6 +71,7 @@ static moe_status check_config(moe_ctx *ctx, const moe_optimizer_config *c, cons
                 "must be finite and >= 0 (0 = off)");
     CHECK_FIELD(c->decay_norms_and_biases <= 1, "decay_norms_and_biases", "must be 0 or 1");
     CHECK_FIELD(c->decay_embeddings <= 1, "decay_embeddings", "must be 0 or 1");
+    CHECK_FIELD(c->zero_stage <= 1, "zero_stage", "must be 0 or 1");
     return MOE_OK;
 }
 
@@ -88,7 +94,16 @@ MOE_API moe_status moe_optimizer_create(moe_model *model, const moe_optimizer_co
     o->ctx = ctx;
     o->model = model;
     o->cfg = c;
-    o->count = model->params.total;
+    st = moei_zero_layout(o, fn);
+    const int32_t world = model->mesh->size[MOE_AXIS_WORLD];
+    if (st == MOE_OK && c.zero_stage == 1) {
+        o->gather = malloc((size_t)world * 2 * sizeof(double));
+        if (!o->gather) st = moei_fail(ctx, MOE_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    }
+    if (st != MOE_OK) {
+        free(o);
+        return st;
+    }
     uint64_t bytes = (uint64_t)o->count * sizeof(float);
     void *m = NULL, *v = NULL, *mask = NULL;
     st = moei_ctx_alloc(ctx, bytes, &m);
@@ -97,19 +112,22 @@ MOE_API moe_status moe_optimizer_create(moe_model *model, const moe_optimizer_co
     if (st != MOE_OK) {
         moei_ctx_free(ctx, m, bytes);
         moei_ctx_free(ctx, v, bytes);
+        free(o->gather);
         free(o);
         return st;
     }
     o->m = m;
     o->v = v;
-    o->decay_mask = mask;
+    o->decay_mask = mask; /* zeroed: padding is never decayed (it stays 0 anyway) */
     const moei_params *p = &model->params;
     for (int32_t i = 0; i < p->count; i++) {
         const moei_param *e = &p->entries[i];
         int decay = e->role == MOEI_PARAM_MATRIX ||
                     ((e->role == MOEI_PARAM_NORM || e->role == MOEI_PARAM_BIAS) && c.decay_norms_and_biases) ||
                     (e->role == MOEI_PARAM_EMBEDDING && c.decay_embeddings);
-        memset(o->decay_mask + e->offset, decay, (size_t)e->numel);
+        int64_t first, count, state;
+        moei_optimizer_param_state(o, e, &first, &count, &state);
+        if (count > 0) memset(o->decay_mask + state, decay, (size_t)count);
     }
     moei_ctx_retain(ctx);
     *out = o;
@@ -123,6 +141,7 @@ MOE_API void moe_optimizer_destroy(moe_optimizer *opt)
     moei_ctx_free(opt->ctx, opt->m, bytes);
     if (opt->v) moei_ctx_free(opt->ctx, opt->v, bytes);
     moei_ctx_free(opt->ctx, opt->decay_mask, (uint64_t)opt->count);
+    free(opt->gather);
     moei_ctx_release(opt->ctx);
     free(opt);
 }
@@ -163,14 +182,20 @@ moe_status moei_optimizer_step(moe_optimizer *opt, int force_skip, moe_optimizer
                          fn, (unsigned)stats->struct_size);
     moe_model *model = opt->model;
     moei_params *p = &model->params;
+    const int zero = opt->cfg.zero_stage == 1;
     int saved = moei_threads_enter(ctx);
     double sumsq = 0.0;
     int32_t finite = 1;
-    moe_status st = MOE_OK;
-    if (force_skip)
+    /* The reduction runs even when this rank skips: its replicas wait for it in the collective. */
+    moe_status st = zero ? moei_zero_reduce(opt) : moei_model_reduce_grads(model);
+    if (st == MOE_OK && zero) {
+        st = moei_zero_grad_sumsq(opt, force_skip, &sumsq, &finite);
+        if (force_skip) sumsq = NAN;
+    } else if (st == MOE_OK && force_skip) {
         sumsq = NAN;
-    else
+    } else if (st == MOE_OK) {
         st = moei_model_grad_sumsq(model, &sumsq, &finite);
+    }
     double norm = sqrt(sumsq);
     double lr = moei_optimizer_lr(&opt->cfg, opt->step);
     int skip = st == MOE_OK && (!finite || !isfinite(norm));
@@ -178,16 +203,26 @@ moe_status moei_optimizer_step(moe_optimizer *opt, int force_skip, moe_optimizer
         float scale = 1.0f;
         if (opt->cfg.clip_grad_norm > 0.0f && norm > opt->cfg.clip_grad_norm)
             scale = (float)(opt->cfg.clip_grad_norm / (norm + 1e-6)); /* torch.nn.utils.clip_grad_norm_ */
-        if (opt->cfg.type == MOE_OPTIMIZER_ADAMW) {
-            moei_adamw_hparams hp = {lr, opt->cfg.beta1, opt->cfg.beta2, opt->cfg.eps, opt->cfg.weight_decay,
-                                     opt->step + 1, scale};
-            st = moei_cpu_adamw_step(ctx, opt->count, p->data, p->grad, opt->m, opt->v, opt->decay_mask, &hp);
-        } else {
-            moei_sgd_hparams hp = {lr, opt->cfg.momentum, 0.0, opt->cfg.weight_decay, (int32_t)opt->cfg.nesterov,
-                                   opt->step + 1, scale};
-            st = moei_cpu_sgd_step(ctx, opt->count, p->data, p->grad, opt->cfg.momentum > 0.0f ? opt->m : NULL,
-                                   opt->decay_mask, &hp);
+        /* Each region's owned range: the whole buffer with zero_stage 0, this rank's chunks with 1. */
+        for (int32_t g = 0; st == MOE_OK && g < MOEI_GROUP_COUNT; g++) {
+            const int64_t n = opt->own_len[g], at = p->region_offset[g] + opt->own_start[g];
+            if (n == 0) continue;
+            float *m = opt->m + opt->state_offset[g];
+            const uint8_t *mask = opt->decay_mask + opt->state_offset[g];
+            if (opt->cfg.type == MOE_OPTIMIZER_ADAMW) {
+                moei_adamw_hparams hp = {lr, opt->cfg.beta1, opt->cfg.beta2, opt->cfg.eps, opt->cfg.weight_decay,
+                                         opt->step + 1, scale};
+                st = moei_cpu_adamw_step(ctx, n, p->data + at, p->grad + at, m, opt->v + opt->state_offset[g], mask,
+                                         &hp);
+            } else {
+                moei_sgd_hparams hp = {lr, opt->cfg.momentum, 0.0, opt->cfg.weight_decay, (int32_t)opt->cfg.nesterov,
+                                       opt->step + 1, scale};
+                st = moei_cpu_sgd_step(ctx, n, p->data + at, p->grad + at, opt->cfg.momentum > 0.0f ? m : NULL, mask,
+                                       &hp);
+            }
         }
+        /* every rank skips or updates alike (the agreement above), so all enter the gather */
+        if (st == MOE_OK && zero) st = moei_zero_gather(opt);
     }
     /* Once-per-step MoE work: the bias update uses the counts of every micro-batch of this step. */
     for (int32_t l = 0; st == MOE_OK && l < model->cfg.num_layers; l++)

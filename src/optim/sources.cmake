@@ -1,4 +1,5 @@
 list(APPEND MOE_AREA_SOURCES
   optim/optimizer.c
   optim/train.c
+  optim/zero.c
 )

@@ -11,6 +11,7 @@
 #include "nn/model.h"
 #include "optim/optimizer.h"
 #include "parallel/mesh.h"
+#include "parallel/pipeline.h"
 
 MOE_API moe_status moe_batch_init(moe_batch *batch, uint32_t struct_size)
 {
@@ -19,6 +20,7 @@ MOE_API moe_status moe_batch_init(moe_batch *batch, uint32_t struct_size)
     d.micro_batch_size = 1;
     d.seq_len = 1;
     d.num_micro_batches = 1;
+    d.pipeline_schedule = MOE_PIPELINE_ONE_F_ONE_B;
     return moei_config_init(batch, struct_size, &d, sizeof d, "moe_batch_init");
 }
 
@@ -31,7 +33,7 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
     MOEI_CHECK_NOT_NULL(ctx, batch, fn);
     if (opt->model != model) return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: the optimizer belongs to another model", fn);
     moe_batch b;
-    memset(&b, 0, sizeof b);
+    moe_batch_init(&b, sizeof b); /* fields newer than the caller's struct keep their defaults */
     moe_status st = moei_config_read(&b, sizeof b, batch, "moe_batch", fn);
     if (st != MOE_OK) return moei_fail_msg(ctx, st, moe_last_error());
     if (stats && stats->struct_size < sizeof(uint32_t))
@@ -86,7 +88,18 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
     double loss = 0.0, aux = 0.0, max_load = 0.0;
     int64_t dropped = 0;
     int numeric = 0; /* a micro-batch met a non-finite value: the step is skipped, not failed */
-    for (int32_t mb = 0; st == MOE_OK && mb < b.num_micro_batches; mb++) {
+    const int pipelined = model->pipe != NULL; /* pp > 1: the schedule runs the micro-batches */
+    if (st == MOE_OK && pipelined) {
+        moei_pipe_stats ps;
+        const uint64_t rng_base = (uint64_t)(opt->step * global_micro + (int64_t)dp_rank * b.num_micro_batches);
+        st = moei_pipe_train(model, &b, total, rng_base, global_micro, &ps);
+        loss = ps.loss;
+        aux = ps.aux;
+        dropped = ps.dropped;
+        max_load = ps.max_load;
+        numeric = ps.numeric;
+    }
+    for (int32_t mb = 0; st == MOE_OK && !pipelined && mb < b.num_micro_batches; mb++) {
         const int32_t *tok = b.tokens + mb * per_micro, *tgt = b.targets + mb * per_micro;
         int64_t count = 0;
         for (int64_t i = 0; i < per_micro; i++) count += tgt[i] != -100;
@@ -119,7 +132,7 @@ MOE_API moe_status moe_train_step(moe_model *model, moe_optimizer *opt, const mo
         if (st == MOE_OK) st = dp->ops->all_reduce_sum(dp, &flag, 1, MOE_DTYPE_I32);
         numeric = flag > 0;
     }
-    if (st == MOE_OK) st = moei_model_reduce_grads(model);
+    /* the gradients are summed over the replicas by the optimizer step (all-reduce, or ZeRO-1) */
     if (st != MOE_OK) return st;
     if (dp_size > 1) { /* statistics of the global batch */
         double local[3] = {loss, aux, (double)dropped}, all[3 * 1024];

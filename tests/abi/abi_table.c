@@ -150,6 +150,8 @@ _Static_assert(ABI_SAME(((moe_model_config *)0)->moe_jitter, float), "type of mo
 _Static_assert(ABI_SAME(((moe_model_config *)0)->moe_aux_loss_coef, float), "type of moe_model_config.moe_aux_loss_coef");
 _Static_assert(ABI_SAME(((moe_model_config *)0)->moe_z_loss_coef, float), "type of moe_model_config.moe_z_loss_coef");
 _Static_assert(ABI_SAME(((moe_model_config *)0)->moe_bias_update_rate, float), "type of moe_model_config.moe_bias_update_rate");
+_Static_assert(ABI_SAME(((moe_model_config *)0)->pipeline_virtual_stages, int32_t), "type of moe_model_config.pipeline_virtual_stages");
+_Static_assert(ABI_SAME(((moe_model_config *)0)->pipeline_layers, int32_t[64]), "type of moe_model_config.pipeline_layers");
 _Static_assert(ABI_SAME(((moe_routing_stats *)0)->struct_size, uint32_t), "type of moe_routing_stats.struct_size");
 _Static_assert(ABI_SAME(((moe_routing_stats *)0)->num_experts, int32_t), "type of moe_routing_stats.num_experts");
 _Static_assert(ABI_SAME(((moe_routing_stats *)0)->tokens, int64_t), "type of moe_routing_stats.tokens");
@@ -192,6 +194,7 @@ _Static_assert(ABI_SAME(((moe_optimizer_config *)0)->nesterov, uint32_t), "type 
 _Static_assert(ABI_SAME(((moe_optimizer_config *)0)->clip_grad_norm, float), "type of moe_optimizer_config.clip_grad_norm");
 _Static_assert(ABI_SAME(((moe_optimizer_config *)0)->decay_norms_and_biases, uint32_t), "type of moe_optimizer_config.decay_norms_and_biases");
 _Static_assert(ABI_SAME(((moe_optimizer_config *)0)->decay_embeddings, uint32_t), "type of moe_optimizer_config.decay_embeddings");
+_Static_assert(ABI_SAME(((moe_optimizer_config *)0)->zero_stage, uint32_t), "type of moe_optimizer_config.zero_stage");
 _Static_assert(ABI_SAME(((moe_optimizer_stats *)0)->struct_size, uint32_t), "type of moe_optimizer_stats.struct_size");
 _Static_assert(ABI_SAME(((moe_optimizer_stats *)0)->grad_norm, double), "type of moe_optimizer_stats.grad_norm");
 _Static_assert(ABI_SAME(((moe_optimizer_stats *)0)->lr, double), "type of moe_optimizer_stats.lr");
@@ -204,6 +207,7 @@ _Static_assert(ABI_SAME(((moe_batch *)0)->targets, int32_t const *), "type of mo
 _Static_assert(ABI_SAME(((moe_batch *)0)->micro_batch_size, int32_t), "type of moe_batch.micro_batch_size");
 _Static_assert(ABI_SAME(((moe_batch *)0)->seq_len, int32_t), "type of moe_batch.seq_len");
 _Static_assert(ABI_SAME(((moe_batch *)0)->num_micro_batches, int32_t), "type of moe_batch.num_micro_batches");
+_Static_assert(ABI_SAME(((moe_batch *)0)->pipeline_schedule, int32_t), "type of moe_batch.pipeline_schedule");
 _Static_assert(ABI_SAME(((moe_step_stats *)0)->struct_size, uint32_t), "type of moe_step_stats.struct_size");
 _Static_assert(ABI_SAME(((moe_step_stats *)0)->loss, double), "type of moe_step_stats.loss");
 _Static_assert(ABI_SAME(((moe_step_stats *)0)->aux_loss, double), "type of moe_step_stats.aux_loss");
@@ -251,6 +255,7 @@ _Static_assert(sizeof(moe_score_function) == 4, "size of moe_score_function");
 _Static_assert(sizeof(moe_layer_kind) == 4, "size of moe_layer_kind");
 _Static_assert(sizeof(moe_optimizer_type) == 4, "size of moe_optimizer_type");
 _Static_assert(sizeof(moe_lr_decay) == 4, "size of moe_lr_decay");
+_Static_assert(sizeof(moe_pipeline_schedule) == 4, "size of moe_pipeline_schedule");
 _Static_assert(sizeof(moe_dataset_kind) == 4, "size of moe_dataset_kind");
 _Static_assert(sizeof(moe_dataset_split) == 4, "size of moe_dataset_split");
 _Static_assert(sizeof(moe_dataset_dtype) == 4, "size of moe_dataset_dtype");
@@ -866,6 +871,8 @@ static const abi_field moe_model_config_fields[] = {
     {"moe_aux_loss_coef", {ABI_FLOAT, "Float32", "float", -1, 0, NULL}, 112, offsetof(moe_model_config, moe_aux_loss_coef)},
     {"moe_z_loss_coef", {ABI_FLOAT, "Float32", "float", -1, 0, NULL}, 116, offsetof(moe_model_config, moe_z_loss_coef)},
     {"moe_bias_update_rate", {ABI_FLOAT, "Float32", "float", -1, 0, NULL}, 120, offsetof(moe_model_config, moe_bias_update_rate)},
+    {"pipeline_virtual_stages", {ABI_SINT32, "Int32", "int32_t", -1, 0, NULL}, 124, offsetof(moe_model_config, pipeline_virtual_stages)},
+    {"pipeline_layers", {ABI_ARRAY, "NTuple{64, Int32}", "int32_t[64]", -1, 64, &(const abi_type){ABI_SINT32, "Int32", "int32_t", -1, 0, NULL}}, 128, offsetof(moe_model_config, pipeline_layers)},
 };
 static const abi_field moe_routing_stats_fields[] = {
     {"struct_size", {ABI_UINT32, "UInt32", "uint32_t", -1, 0, NULL}, 0, offsetof(moe_routing_stats, struct_size)},
@@ -914,6 +921,7 @@ static const abi_field moe_optimizer_config_fields[] = {
     {"clip_grad_norm", {ABI_FLOAT, "Float32", "float", -1, 0, NULL}, 60, offsetof(moe_optimizer_config, clip_grad_norm)},
     {"decay_norms_and_biases", {ABI_UINT32, "UInt32", "uint32_t", -1, 0, NULL}, 64, offsetof(moe_optimizer_config, decay_norms_and_biases)},
     {"decay_embeddings", {ABI_UINT32, "UInt32", "uint32_t", -1, 0, NULL}, 68, offsetof(moe_optimizer_config, decay_embeddings)},
+    {"zero_stage", {ABI_UINT32, "UInt32", "uint32_t", -1, 0, NULL}, 72, offsetof(moe_optimizer_config, zero_stage)},
 };
 static const abi_field moe_optimizer_stats_fields[] = {
     {"struct_size", {ABI_UINT32, "UInt32", "uint32_t", -1, 0, NULL}, 0, offsetof(moe_optimizer_stats, struct_size)},
@@ -930,6 +938,7 @@ static const abi_field moe_batch_fields[] = {
     {"micro_batch_size", {ABI_SINT32, "Int32", "int32_t", -1, 0, NULL}, 24, offsetof(moe_batch, micro_batch_size)},
     {"seq_len", {ABI_SINT32, "Int32", "int32_t", -1, 0, NULL}, 28, offsetof(moe_batch, seq_len)},
     {"num_micro_batches", {ABI_SINT32, "Int32", "int32_t", -1, 0, NULL}, 32, offsetof(moe_batch, num_micro_batches)},
+    {"pipeline_schedule", {ABI_SINT32, "Int32", "int32_t", -1, 0, NULL}, 36, offsetof(moe_batch, pipeline_schedule)},
 };
 static const abi_field moe_step_stats_fields[] = {
     {"struct_size", {ABI_UINT32, "UInt32", "uint32_t", -1, 0, NULL}, 0, offsetof(moe_step_stats, struct_size)},
@@ -975,12 +984,12 @@ static const abi_field moe_checkpoint_info_fields[] = {
 const abi_struct abi_structs[] = {
     {"moe_ctx_config", 48, 8, sizeof(moe_ctx_config), _Alignof(moe_ctx_config), 8, moe_ctx_config_fields},
     {"moe_mesh_config", 32, 4, sizeof(moe_mesh_config), _Alignof(moe_mesh_config), 8, moe_mesh_config_fields},
-    {"moe_model_config", 124, 4, sizeof(moe_model_config), _Alignof(moe_model_config), 31, moe_model_config_fields},
+    {"moe_model_config", 384, 4, sizeof(moe_model_config), _Alignof(moe_model_config), 33, moe_model_config_fields},
     {"moe_routing_stats", 64, 8, sizeof(moe_routing_stats), _Alignof(moe_routing_stats), 9, moe_routing_stats_fields},
     {"moe_layer_config", 68, 4, sizeof(moe_layer_config), _Alignof(moe_layer_config), 17, moe_layer_config_fields},
-    {"moe_optimizer_config", 72, 8, sizeof(moe_optimizer_config), _Alignof(moe_optimizer_config), 16, moe_optimizer_config_fields},
+    {"moe_optimizer_config", 80, 8, sizeof(moe_optimizer_config), _Alignof(moe_optimizer_config), 17, moe_optimizer_config_fields},
     {"moe_optimizer_stats", 48, 8, sizeof(moe_optimizer_stats), _Alignof(moe_optimizer_stats), 6, moe_optimizer_stats_fields},
-    {"moe_batch", 40, 8, sizeof(moe_batch), _Alignof(moe_batch), 6, moe_batch_fields},
+    {"moe_batch", 40, 8, sizeof(moe_batch), _Alignof(moe_batch), 7, moe_batch_fields},
     {"moe_step_stats", 80, 8, sizeof(moe_step_stats), _Alignof(moe_step_stats), 10, moe_step_stats_fields},
     {"moe_generate_config", 40, 8, sizeof(moe_generate_config), _Alignof(moe_generate_config), 9, moe_generate_config_fields},
     {"moe_dataset_config", 48, 8, sizeof(moe_dataset_config), _Alignof(moe_dataset_config), 8, moe_dataset_config_fields},
@@ -1072,6 +1081,10 @@ const abi_constant abi_constants[] = {
     {"MOE_LR_COSINE", 1, MOE_LR_COSINE},
     {"MOE_LR_LINEAR", 2, MOE_LR_LINEAR},
     {"MOE_LR_DECAY_FORCE32", 2147483647, MOE_LR_DECAY_FORCE32},
+    {"MOE_PIPELINE_GPIPE", 0, MOE_PIPELINE_GPIPE},
+    {"MOE_PIPELINE_ONE_F_ONE_B", 1, MOE_PIPELINE_ONE_F_ONE_B},
+    {"MOE_PIPELINE_INTERLEAVED", 2, MOE_PIPELINE_INTERLEAVED},
+    {"MOE_PIPELINE_SCHEDULE_FORCE32", 2147483647, MOE_PIPELINE_SCHEDULE_FORCE32},
     {"MOE_DATASET_KIND_AUTO", 0, MOE_DATASET_KIND_AUTO},
     {"MOE_DATASET_KIND_TEXT", 1, MOE_DATASET_KIND_TEXT},
     {"MOE_DATASET_KIND_INDEXED", 2, MOE_DATASET_KIND_INDEXED},
@@ -1089,4 +1102,4 @@ const abi_constant abi_constants[] = {
     {"MOE_DATASET_DTYPE_U16", 8, MOE_DATASET_DTYPE_U16},
     {"MOE_DATASET_DTYPE_FORCE32", 2147483647, MOE_DATASET_DTYPE_FORCE32},
 };
-const size_t abi_constant_count = 86;
+const size_t abi_constant_count = 90;

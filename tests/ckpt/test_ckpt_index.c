@@ -2,7 +2,9 @@
  * values; every malformed variant (wrong types, ranges, names, versions, duplicate or unknown keys,
  * slices that overlap, miss elements or leave the shape) is refused with MOE_ERR_FORMAT (or
  * MOE_ERR_UNSUPPORTED for newer versions) and a message naming the key; the config field tables
- * cover the public config structs; floats are written as the shortest text that reads back exactly. */
+ * cover the public config structs; floats are written as the shortest text that reads back exactly.
+ * Slice geometry against brute force: every window of a box cut into at most 2n - 1 contiguous
+ * boxes that cover it exactly, and copies from any slice into any window element by element. */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <float.h>
@@ -429,11 +431,15 @@ static void test_field_tables(void **state)
     (void)state;
     size_t n = 0;
     const moei_ckpt_field *mf = moei_ckpt_model_fields(&n);
-    check_table(mf, n, sizeof(uint32_t), sizeof(moe_model_config));
+    /* The pipeline split (pipeline_virtual_stages, pipeline_layers) is a layout choice like the
+     * mesh, not part of the model: a checkpoint loads whatever the split, so it is not recorded. */
+    check_table(mf, n, sizeof(uint32_t), offsetof(moe_model_config, pipeline_virtual_stages));
     const moei_ckpt_field *of = moei_ckpt_optimizer_fields(&n);
-    /* struct_size and type (stored as a word) come first */
+    /* struct_size and type (stored as a word) come first; zero_stage, the last field, is a layout
+     * choice (moments are stored per tensor whatever the stage), so it is not recorded */
     assert_int_equal(offsetof(moe_optimizer_config, type), sizeof(uint32_t));
-    check_table(of, n, 2 * sizeof(uint32_t), sizeof(moe_optimizer_config));
+    assert_int_equal(offsetof(moe_optimizer_config, zero_stage) + sizeof(uint32_t) + 4, sizeof(moe_optimizer_config));
+    check_table(of, n, 2 * sizeof(uint32_t), offsetof(moe_optimizer_config, zero_stage));
 }
 
 static void test_format_float(void **state)
@@ -478,6 +484,144 @@ static void test_names(void **state)
     assert_false(moei_ckpt_valid_file("x.safetensors.tmp"));
 }
 
+/* ---- slice geometry ---------------------------------------------------------------------------- */
+
+/* Row-major index in a box of `shape` of the coordinates c. */
+static int64_t flat_of(int32_t ndim, const int64_t *shape, const int64_t *c)
+{
+    int64_t f = 0;
+    for (int32_t d = 0; d < ndim; d++) f = f * shape[d] + c[d];
+    return f;
+}
+
+/* The coordinates of row-major index f in a box of `shape`. */
+static void coords_of(int32_t ndim, const int64_t *shape, int64_t f, int64_t *c)
+{
+    for (int32_t d = ndim - 1; d >= 0; d--) {
+        c[d] = shape[d] ? f % shape[d] : 0;
+        f = shape[d] ? f / shape[d] : 0;
+    }
+}
+
+static void test_window_boxes(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][4] = {{7}, {3, 5}, {2, 3, 4}, {1, 1, 6}, {4, 1, 3}, {2, 2, 2, 3}, {5, 1}};
+    static const int32_t ndims[] = {1, 2, 3, 3, 3, 4, 2};
+    for (size_t si = 0; si < sizeof ndims / sizeof ndims[0]; si++) {
+        const int32_t nd = ndims[si];
+        const int64_t *shape = shapes[si];
+        int64_t numel = 1;
+        for (int32_t d = 0; d < nd; d++) numel *= shape[d];
+        for (int64_t first = 0; first <= numel; first++)
+            for (int64_t count = 0; first + count <= numel; count++) {
+                moei_ckpt_box b[MOEI_CKPT_WINDOW_BOXES];
+                int32_t n = moei_ckpt_window_boxes(nd, shape, first, count, b);
+                if (count == 0) {
+                    assert_int_equal(n, 0);
+                    continue;
+                }
+                assert_true(n >= 1 && n <= 2 * nd - 1);
+                int64_t next = first; /* the boxes, in order, walk the window element by element */
+                for (int32_t k = 0; k < n; k++) {
+                    assert_int_equal(b[k].first, next);
+                    int64_t ext[4], vol = 1, c[4];
+                    for (int32_t d = 0; d < nd; d++) {
+                        assert_true(0 <= b[k].start[d] && b[k].start[d] < b[k].end[d] && b[k].end[d] <= shape[d]);
+                        ext[d] = b[k].end[d] - b[k].start[d];
+                        vol *= ext[d];
+                    }
+                    for (int64_t j = 0; j < vol; j++) {
+                        coords_of(nd, ext, j, c);
+                        for (int32_t d = 0; d < nd; d++) c[d] += b[k].start[d];
+                        if (flat_of(nd, shape, c) != next)
+                            fail_msg("shape %zu window [%lld, +%lld): box %d element %lld is %lld, want %lld", si,
+                                     (long long)first, (long long)count, (int)k, (long long)j,
+                                     (long long)flat_of(nd, shape, c), (long long)next);
+                        next++;
+                    }
+                }
+                assert_int_equal(next, first + count);
+            }
+    }
+    moei_ckpt_box b[MOEI_CKPT_WINDOW_BOXES];
+    assert_int_equal(moei_ckpt_window_boxes(0, NULL, 0, 1, b), 1); /* a scalar */
+    assert_int_equal(b[0].first, 0);
+}
+
+static uint64_t g_rng = 88172645463325252ull;
+static int64_t rnd(int64_t n)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return n > 0 ? (int64_t)(g_rng % (uint64_t)n) : 0;
+}
+
+/* A random non-empty box [start, end) inside `full`. */
+static void random_box(int32_t nd, const int64_t *full, int64_t *start, int64_t *end)
+{
+    for (int32_t d = 0; d < nd; d++) {
+        int64_t a = rnd(full[d]), b = rnd(full[d]);
+        if (a > b) {
+            int64_t t = a;
+            a = b;
+            b = t;
+        }
+        start[d] = a;
+        end[d] = b + 1;
+    }
+}
+
+static void test_copy_window(void **state)
+{
+    (void)state;
+    enum { CAP = 512 };
+    float src[CAP], dst[CAP], want[CAP];
+    for (int trial = 0; trial < 3000; trial++) {
+        const int32_t nd = 1 + (int32_t)rnd(4);
+        int64_t full[4], ds[4], de[4], dshape[4], ss[4], se[4];
+        for (int32_t d = 0; d < nd; d++) full[d] = 1 + rnd(nd > 2 ? 4 : 7);
+        random_box(nd, full, ds, de);
+        random_box(nd, full, ss, se);
+        int64_t dn = 1, sn = 1, sshape[4];
+        for (int32_t d = 0; d < nd; d++) {
+            dshape[d] = de[d] - ds[d];
+            sshape[d] = se[d] - ss[d];
+            dn *= dshape[d];
+            sn *= sshape[d];
+        }
+        const int64_t first = rnd(dn + 1), count = rnd(dn - first + 1);
+        for (int64_t j = 0; j < sn; j++) src[j] = (float)(j + 1);
+        for (int64_t j = 0; j < CAP; j++) dst[j] = want[j] = -1.0f;
+        /* brute force: each window element, at its logical coordinates, from the slice if inside */
+        int64_t inside = 0;
+        for (int64_t f = first; f < first + count; f++) {
+            int64_t c[4], sc[4];
+            coords_of(nd, dshape, f, c);
+            int in = 1;
+            for (int32_t d = 0; d < nd; d++) {
+                int64_t x = ds[d] + c[d];
+                in &= x >= ss[d] && x < se[d];
+                sc[d] = x - ss[d];
+            }
+            if (in) {
+                want[f - first] = src[flat_of(nd, sshape, sc)];
+                inside++;
+            }
+        }
+        int64_t q = moei_ckpt_copy_window(nd, ds, dshape, first, count, NULL, ss, se, NULL);
+        int64_t got = moei_ckpt_copy_window(nd, ds, dshape, first, count, dst, ss, se, src);
+        assert_int_equal(q, inside);
+        assert_int_equal(got, inside);
+        if (memcmp(dst, want, sizeof dst) != 0) fail_msg("trial %d: the copy differs from element-wise placement", trial);
+    }
+    /* a scalar */
+    float one = 5.0f, out = 0.0f;
+    assert_int_equal(moei_ckpt_copy_window(0, NULL, NULL, 0, 1, &out, NULL, NULL, &one), 1);
+    assert_true(out == 5.0f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -488,6 +632,8 @@ int main(void)
         cmocka_unit_test(test_field_tables),
         cmocka_unit_test(test_format_float),
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_window_boxes),
+        cmocka_unit_test(test_copy_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

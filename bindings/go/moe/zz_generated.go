@@ -429,6 +429,32 @@ func (v LRDecay) String() string {
 	return "LRDecay(" + strconv.Itoa(int(v)) + ")"
 }
 
+// PipelineSchedule mirrors moe_pipeline_schedule: Pipeline schedule of a training step on a mesh with pp > 1 (ignored when pp = 1).
+type PipelineSchedule int32
+
+// Values of PipelineSchedule.
+const (
+	// PipelineGpipe is MOE_PIPELINE_GPIPE: All forwards, then all backwards: every micro-batch in flight at once.
+	PipelineGpipe PipelineSchedule = 0
+	// PipelineOneFOneB is MOE_PIPELINE_ONE_F_ONE_B: 1F1B (PipeDream-flush): at most pp - stage micro-batches in flight.
+	PipelineOneFOneB PipelineSchedule = 1
+	// PipelineInterleaved is MOE_PIPELINE_INTERLEAVED: Interleaved 1F1B over the model's moe_model_config.pipeline_virtual_stages chunks per stage; num_micro_batches must be a multiple of pp.
+	PipelineInterleaved PipelineSchedule = 2
+)
+
+// String returns the C name of the value, e.g. "MOE_PIPELINE_GPIPE".
+func (v PipelineSchedule) String() string {
+	switch v {
+	case PipelineGpipe:
+		return "MOE_PIPELINE_GPIPE"
+	case PipelineOneFOneB:
+		return "MOE_PIPELINE_ONE_F_ONE_B"
+	case PipelineInterleaved:
+		return "MOE_PIPELINE_INTERLEAVED"
+	}
+	return "PipelineSchedule(" + strconv.Itoa(int(v)) + ")"
+}
+
 // DatasetKind mirrors moe_dataset_kind: What file(s) a dataset path names.
 type DatasetKind int32
 
@@ -647,6 +673,10 @@ type ModelConfig struct {
 	MoeZLossCoef float32
 	// moe_bias_update_rate: Aux-loss-free balancing: per-expert bias step per update; 0 = off. Default 0.
 	MoeBiasUpdateRate float32
+	// pipeline_virtual_stages: Model chunks per pipeline stage on a mesh with pp > 1 (interleaved 1F1B: chunk c of stage s is virtual stage c * pp + s); 0 or 1 = one contiguous chunk. At most 1024. Default 1.
+	PipelineVirtualStages int32
+	// pipeline_layers: Explicit layers per virtual stage (index c * pp + s), for pp * virtual stages <= 64 (entries past that 0); all 0 = even split with the extra layers on the first stages. Default all 0.
+	PipelineLayers [64]int32
 }
 
 // cptr views the mirror as the C struct it mirrors.
@@ -773,6 +803,8 @@ type OptimizerConfig struct {
 	DecayNormsAndBiases uint32
 	// decay_embeddings: 1 = apply weight decay to embeddings too. Default 0.
 	DecayEmbeddings uint32
+	// zero_stage: 0 = replicated optimizer state: every data-parallel replica all-reduces the gradients and updates every parameter it holds; 1 = ZeRO-1: gradients are reduce-scattered over the replicas (dense parameters over dp, experts over edp), each replica keeps the AdamW moments (or SGD momentum) of its 1/replicas share only and updates that share, then the parameters are all-gathered. Both give the same training run (within fp32 rounding of the gradient norm); checkpoints load into either. Default 0.
+	ZeroStage uint32
 }
 
 // cptr views the mirror as the C struct it mirrors.
@@ -825,6 +857,8 @@ type Batch struct {
 	SeqLen int32
 	// num_micro_batches: Micro-batches accumulated into one update, >= 1. Default 1.
 	NumMicroBatches int32
+	// pipeline_schedule: A ::moe_pipeline_schedule, used when the mesh has pp > 1. A model with pipeline_virtual_stages > 1 needs MOE_PIPELINE_INTERLEAVED. Default MOE_PIPELINE_ONE_F_ONE_B.
+	PipelineSchedule PipelineSchedule
 }
 
 // cptr views the mirror as the C struct it mirrors.
@@ -1026,6 +1060,8 @@ func goLayouts() []layout {
 			{"moe_aux_loss_coef", unsafe.Offsetof(ModelConfig{}.MoeAuxLossCoef)},
 			{"moe_z_loss_coef", unsafe.Offsetof(ModelConfig{}.MoeZLossCoef)},
 			{"moe_bias_update_rate", unsafe.Offsetof(ModelConfig{}.MoeBiasUpdateRate)},
+			{"pipeline_virtual_stages", unsafe.Offsetof(ModelConfig{}.PipelineVirtualStages)},
+			{"pipeline_layers", unsafe.Offsetof(ModelConfig{}.PipelineLayers)},
 		}},
 		{"moe_routing_stats", unsafe.Sizeof(RoutingStats{}), unsafe.Alignof(RoutingStats{}), []layoutField{
 			{"struct_size", unsafe.Offsetof(RoutingStats{}.structSize)},
@@ -1074,6 +1110,7 @@ func goLayouts() []layout {
 			{"clip_grad_norm", unsafe.Offsetof(OptimizerConfig{}.ClipGradNorm)},
 			{"decay_norms_and_biases", unsafe.Offsetof(OptimizerConfig{}.DecayNormsAndBiases)},
 			{"decay_embeddings", unsafe.Offsetof(OptimizerConfig{}.DecayEmbeddings)},
+			{"zero_stage", unsafe.Offsetof(OptimizerConfig{}.ZeroStage)},
 		}},
 		{"moe_optimizer_stats", unsafe.Sizeof(OptimizerStats{}), unsafe.Alignof(OptimizerStats{}), []layoutField{
 			{"struct_size", unsafe.Offsetof(OptimizerStats{}.structSize)},
@@ -1090,6 +1127,7 @@ func goLayouts() []layout {
 			{"micro_batch_size", unsafe.Offsetof(Batch{}.MicroBatchSize)},
 			{"seq_len", unsafe.Offsetof(Batch{}.SeqLen)},
 			{"num_micro_batches", unsafe.Offsetof(Batch{}.NumMicroBatches)},
+			{"pipeline_schedule", unsafe.Offsetof(Batch{}.PipelineSchedule)},
 		}},
 		{"moe_step_stats", unsafe.Sizeof(StepStats{}), unsafe.Alignof(StepStats{}), []layoutField{
 			{"struct_size", unsafe.Offsetof(StepStats{}.structSize)},
@@ -1190,6 +1228,8 @@ func cLayouts() []layout {
 			{"moe_aux_loss_coef", unsafe.Offsetof(C.moe_model_config{}.moe_aux_loss_coef)},
 			{"moe_z_loss_coef", unsafe.Offsetof(C.moe_model_config{}.moe_z_loss_coef)},
 			{"moe_bias_update_rate", unsafe.Offsetof(C.moe_model_config{}.moe_bias_update_rate)},
+			{"pipeline_virtual_stages", unsafe.Offsetof(C.moe_model_config{}.pipeline_virtual_stages)},
+			{"pipeline_layers", unsafe.Offsetof(C.moe_model_config{}.pipeline_layers)},
 		}},
 		{"moe_routing_stats", unsafe.Sizeof(C.moe_routing_stats{}), unsafe.Alignof(C.moe_routing_stats{}), []layoutField{
 			{"struct_size", unsafe.Offsetof(C.moe_routing_stats{}.struct_size)},
@@ -1238,6 +1278,7 @@ func cLayouts() []layout {
 			{"clip_grad_norm", unsafe.Offsetof(C.moe_optimizer_config{}.clip_grad_norm)},
 			{"decay_norms_and_biases", unsafe.Offsetof(C.moe_optimizer_config{}.decay_norms_and_biases)},
 			{"decay_embeddings", unsafe.Offsetof(C.moe_optimizer_config{}.decay_embeddings)},
+			{"zero_stage", unsafe.Offsetof(C.moe_optimizer_config{}.zero_stage)},
 		}},
 		{"moe_optimizer_stats", unsafe.Sizeof(C.moe_optimizer_stats{}), unsafe.Alignof(C.moe_optimizer_stats{}), []layoutField{
 			{"struct_size", unsafe.Offsetof(C.moe_optimizer_stats{}.struct_size)},
@@ -1254,6 +1295,7 @@ func cLayouts() []layout {
 			{"micro_batch_size", unsafe.Offsetof(C.moe_batch{}.micro_batch_size)},
 			{"seq_len", unsafe.Offsetof(C.moe_batch{}.seq_len)},
 			{"num_micro_batches", unsafe.Offsetof(C.moe_batch{}.num_micro_batches)},
+			{"pipeline_schedule", unsafe.Offsetof(C.moe_batch{}.pipeline_schedule)},
 		}},
 		{"moe_step_stats", unsafe.Sizeof(C.moe_step_stats{}), unsafe.Alignof(C.moe_step_stats{}), []layoutField{
 			{"struct_size", unsafe.Offsetof(C.moe_step_stats{}.struct_size)},
@@ -1364,6 +1406,9 @@ func constantValues() []struct {
 		{"MOE_LR_CONSTANT", int64(LRConstant), int64(C.MOE_LR_CONSTANT)},
 		{"MOE_LR_COSINE", int64(LRCosine), int64(C.MOE_LR_COSINE)},
 		{"MOE_LR_LINEAR", int64(LRLinear), int64(C.MOE_LR_LINEAR)},
+		{"MOE_PIPELINE_GPIPE", int64(PipelineGpipe), int64(C.MOE_PIPELINE_GPIPE)},
+		{"MOE_PIPELINE_ONE_F_ONE_B", int64(PipelineOneFOneB), int64(C.MOE_PIPELINE_ONE_F_ONE_B)},
+		{"MOE_PIPELINE_INTERLEAVED", int64(PipelineInterleaved), int64(C.MOE_PIPELINE_INTERLEAVED)},
 		{"MOE_DATASET_KIND_AUTO", int64(DatasetKindAuto), int64(C.MOE_DATASET_KIND_AUTO)},
 		{"MOE_DATASET_KIND_TEXT", int64(DatasetKindText), int64(C.MOE_DATASET_KIND_TEXT)},
 		{"MOE_DATASET_KIND_INDEXED", int64(DatasetKindIndexed), int64(C.MOE_DATASET_KIND_INDEXED)},

@@ -27,7 +27,7 @@ var descLayouts = []layout{
 		{"sequence_parallel", 24},
 		{"comm_backend", 28},
 	}},
-	{"moe_model_config", 124, 4, []layoutField{
+	{"moe_model_config", 384, 4, []layoutField{
 		{"struct_size", 0},
 		{"vocab_size", 4},
 		{"max_seq_len", 8},
@@ -59,6 +59,8 @@ var descLayouts = []layout{
 		{"moe_aux_loss_coef", 112},
 		{"moe_z_loss_coef", 116},
 		{"moe_bias_update_rate", 120},
+		{"pipeline_virtual_stages", 124},
+		{"pipeline_layers", 128},
 	}},
 	{"moe_routing_stats", 64, 8, []layoutField{
 		{"struct_size", 0},
@@ -90,7 +92,7 @@ var descLayouts = []layout{
 		{"bias_update_rate", 60},
 		{"init_std", 64},
 	}},
-	{"moe_optimizer_config", 72, 8, []layoutField{
+	{"moe_optimizer_config", 80, 8, []layoutField{
 		{"struct_size", 0},
 		{"type", 4},
 		{"lr", 8},
@@ -107,6 +109,7 @@ var descLayouts = []layout{
 		{"clip_grad_norm", 60},
 		{"decay_norms_and_biases", 64},
 		{"decay_embeddings", 68},
+		{"zero_stage", 72},
 	}},
 	{"moe_optimizer_stats", 48, 8, []layoutField{
 		{"struct_size", 0},
@@ -123,6 +126,7 @@ var descLayouts = []layout{
 		{"micro_batch_size", 24},
 		{"seq_len", 28},
 		{"num_micro_batches", 32},
+		{"pipeline_schedule", 36},
 	}},
 	{"moe_step_stats", 80, 8, []layoutField{
 		{"struct_size", 0},

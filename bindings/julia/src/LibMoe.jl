@@ -227,6 +227,15 @@ const MOE_LR_LINEAR = moe_lr_decay(2)  # Linear from lr to min_lr over decay_ste
 const MOE_LR_DECAY_FORCE32 = moe_lr_decay(2147483647)  # Forces a 32-bit enum.
 
 """
+Pipeline schedule of a training step on a mesh with pp > 1 (ignored when pp = 1).
+"""
+const moe_pipeline_schedule = Int32
+const MOE_PIPELINE_GPIPE = moe_pipeline_schedule(0)  # All forwards, then all backwards: every micro-batch in flight at once.
+const MOE_PIPELINE_ONE_F_ONE_B = moe_pipeline_schedule(1)  # 1F1B (PipeDream-flush): at most pp - stage micro-batches in flight.
+const MOE_PIPELINE_INTERLEAVED = moe_pipeline_schedule(2)  # Interleaved 1F1B over the model's moe_model_config.pipeline_virtual_stages chunks per stage; num_micro_batches must be a multiple of pp.
+const MOE_PIPELINE_SCHEDULE_FORCE32 = moe_pipeline_schedule(2147483647)  # Forces a 32-bit enum.
+
+"""
 What file(s) a dataset path names.
 """
 const moe_dataset_kind = Int32
@@ -339,6 +348,8 @@ struct moe_model_config
     moe_aux_loss_coef::Float32  # Load-balancing (Switch/GShard) loss coefficient, >= 0. Default 0.01.
     moe_z_loss_coef::Float32  # Router z-loss coefficient, >= 0. Default 0.001.
     moe_bias_update_rate::Float32  # Aux-loss-free balancing: per-expert bias step per update; 0 = off. Default 0.
+    pipeline_virtual_stages::Int32  # Model chunks per pipeline stage on a mesh with pp > 1 (interleaved 1F1B: chunk c of stage s is virtual stage c * pp + s); 0 or 1 = one contiguous chunk. At most 1024. Default 1.
+    pipeline_layers::NTuple{64, Int32}  # Explicit layers per virtual stage (index c * pp + s), for pp * virtual stages <= 64 (entries past that 0); all 0 = even split with the extra layers on the first stages. Default all 0.
 end
 
 """
@@ -399,6 +410,7 @@ struct moe_optimizer_config
     clip_grad_norm::Float32  # Clip the global gradient norm to this value; 0 = no clipping. Default 1.0.
     decay_norms_and_biases::UInt32  # 1 = apply weight decay to norm weights and biases too. Default 0.
     decay_embeddings::UInt32  # 1 = apply weight decay to embeddings too. Default 0.
+    zero_stage::UInt32  # 0 = replicated optimizer state: every data-parallel replica all-reduces the gradients and updates every parameter it holds; 1 = ZeRO-1: gradients are reduce-scattered over the replicas (dense parameters over dp, experts over edp), each replica keeps the AdamW moments (or SGD momentum) of its 1/replicas share only and updates that share, then the parameters are all-gathered. Both give the same training run (within fp32 rounding of the gradient norm); checkpoints load into either. Default 0.
 end
 
 """
@@ -423,6 +435,7 @@ struct moe_batch
     micro_batch_size::Int32  # Sequences per micro-batch, >= 1. Default 1.
     seq_len::Int32  # Tokens per sequence, >= 1. Default 1.
     num_micro_batches::Int32  # Micro-batches accumulated into one update, >= 1. Default 1.
+    pipeline_schedule::Int32  # A ::moe_pipeline_schedule, used when the mesh has pp > 1. A model with pipeline_virtual_stages > 1 needs MOE_PIPELINE_INTERLEAVED. Default MOE_PIPELINE_ONE_F_ONE_B.
 end
 
 """
@@ -491,12 +504,12 @@ Julia's `sizeof` and `fieldoffset`).
 const C_LAYOUTS = (
     (moe_ctx_config, 48, (0, 4, 8, 12, 16, 24, 32, 40,)),
     (moe_mesh_config, 32, (0, 4, 8, 12, 16, 20, 24, 28,)),
-    (moe_model_config, 124, (0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92, 96, 100, 104, 108, 112, 116, 120,)),
+    (moe_model_config, 384, (0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92, 96, 100, 104, 108, 112, 116, 120, 124, 128,)),
     (moe_routing_stats, 64, (0, 4, 8, 16, 24, 32, 40, 48, 56,)),
     (moe_layer_config, 68, (0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64,)),
-    (moe_optimizer_config, 72, (0, 4, 8, 12, 16, 24, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68,)),
+    (moe_optimizer_config, 80, (0, 4, 8, 12, 16, 24, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72,)),
     (moe_optimizer_stats, 48, (0, 8, 16, 24, 32, 40,)),
-    (moe_batch, 40, (0, 8, 16, 24, 28, 32,)),
+    (moe_batch, 40, (0, 8, 16, 24, 28, 32, 36,)),
     (moe_step_stats, 80, (0, 8, 16, 24, 32, 40, 48, 56, 64, 72,)),
     (moe_generate_config, 40, (0, 4, 8, 12, 16, 20, 24, 28, 32,)),
     (moe_dataset_config, 48, (0, 4, 8, 16, 20, 24, 32, 40,)),
@@ -854,10 +867,13 @@ end
 Create a model with freshly initialised parameters and zero gradients.
 - ctx: The ctx; must outlive the model.
 - mesh: The parallel layout; must outlive the model. Layers take their shard sizes from it.
+With pp > 1 the model holds only its pipeline stage's layers (see pipeline_virtual_stages
+and pipeline_layers), the embedding on the first stage and the LM head on the last.
 - cfg: The architecture; copied, not kept.
 - out: Receives the model; the caller owns it and frees it with moe_model_destroy().
 Returns: MOE_OK; MOE_ERR_INVALID_ARG for a bad field (named) or a mesh the model does not divide
-over; MOE_ERR_UNSUPPORTED for a device without an op table; MOE_ERR_OUT_OF_MEMORY.
+over; MOE_ERR_UNSUPPORTED for a device without an op table or tied embeddings with pp > 1;
+MOE_ERR_OUT_OF_MEMORY.
 """
 function moe_model_create(ctx, mesh, cfg, out)
     @ccall libmoe.moe_model_create(ctx::Ptr{moe_ctx}, mesh::Ptr{moe_mesh}, cfg::Ptr{moe_model_config}, out::Ptr{Ptr{moe_model}})::moe_status
@@ -1260,7 +1276,13 @@ end
 """
     moe_optimizer_step(opt, stats)::moe_status
 
-Clip the model's gradients by their global norm and apply one update.
+Sum the model's gradients over its data-parallel replicas, clip them by their global norm
+and apply one update.
+
+On a mesh with dp or edp > 1 this is collective over the model's mesh (every rank calls it): the
+accumulated gradients of each rank are summed over the replicas first (moe_train_step() calls it
+for you). Afterwards the model's gradient buffers hold the summed gradients with zero_stage 0;
+with zero_stage 1 only this rank's share of them is summed.
 - opt: The optimizer.
 - stats: Receives what happened; may be NULL (else set its struct_size first).
 Returns: MOE_OK (also when a non-finite step was skipped: see stats->skipped); MOE_ERR_INVALID_ARG.
@@ -1301,6 +1323,8 @@ Run a batch's micro-batches, accumulate gradients, clip and update.
 
 Gradients are zeroed first. The loss is the mean over every counted target of the batch, whatever
 the micro-batch split, so one step on 4 micro-batches equals one step on one micro-batch of 4x size.
+On a mesh with pp > 1 the micro-batches run under @p batch's pipeline_schedule, the same on every
+pipeline stage, and every rank returns the same statistics.
 - model: The model.
 - opt: An optimizer created for @p model.
 - batch: The data; read during the call only.

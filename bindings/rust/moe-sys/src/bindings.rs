@@ -269,6 +269,17 @@ pub const MOE_LR_LINEAR: moe_lr_decay = 2;
 /// Forces a 32-bit enum.
 pub const MOE_LR_DECAY_FORCE32: moe_lr_decay = 2147483647;
 
+/// Pipeline schedule of a training step on a mesh with pp > 1 (ignored when pp = 1).
+pub type moe_pipeline_schedule = i32;
+/// All forwards, then all backwards: every micro-batch in flight at once.
+pub const MOE_PIPELINE_GPIPE: moe_pipeline_schedule = 0;
+/// 1F1B (PipeDream-flush): at most pp - stage micro-batches in flight.
+pub const MOE_PIPELINE_ONE_F_ONE_B: moe_pipeline_schedule = 1;
+/// Interleaved 1F1B over the model's moe_model_config.pipeline_virtual_stages chunks per stage; num_micro_batches must be a multiple of pp.
+pub const MOE_PIPELINE_INTERLEAVED: moe_pipeline_schedule = 2;
+/// Forces a 32-bit enum.
+pub const MOE_PIPELINE_SCHEDULE_FORCE32: moe_pipeline_schedule = 2147483647;
+
 /// What file(s) a dataset path names.
 pub type moe_dataset_kind = i32;
 /// Decide from the file system: INDEXED when `path.idx` exists, or when path ends in ".idx" or ".bin" and the same name with ".idx" exists (the suffix is dropped to get the prefix); otherwise TEXT.
@@ -435,6 +446,10 @@ pub struct moe_model_config {
     pub moe_z_loss_coef: f32,
     /// Aux-loss-free balancing: per-expert bias step per update; 0 = off. Default 0.
     pub moe_bias_update_rate: f32,
+    /// Model chunks per pipeline stage on a mesh with pp > 1 (interleaved 1F1B: chunk c of stage s is virtual stage c * pp + s); 0 or 1 = one contiguous chunk. At most 1024. Default 1.
+    pub pipeline_virtual_stages: i32,
+    /// Explicit layers per virtual stage (index c * pp + s), for pp * virtual stages <= 64 (entries past that 0); all 0 = even split with the extra layers on the first stages. Default all 0.
+    pub pipeline_layers: [i32; 64],
 }
 
 /// Routing statistics of one MoE layer for the last forward pass.
@@ -537,6 +552,8 @@ pub struct moe_optimizer_config {
     pub decay_norms_and_biases: u32,
     /// 1 = apply weight decay to embeddings too. Default 0.
     pub decay_embeddings: u32,
+    /// 0 = replicated optimizer state: every data-parallel replica all-reduces the gradients and updates every parameter it holds; 1 = ZeRO-1: gradients are reduce-scattered over the replicas (dense parameters over dp, experts over edp), each replica keeps the AdamW moments (or SGD momentum) of its 1/replicas share only and updates that share, then the parameters are all-gathered. Both give the same training run (within fp32 rounding of the gradient norm); checkpoints load into either. Default 0.
+    pub zero_stage: u32,
 }
 
 /// What one optimizer step did.
@@ -573,6 +590,8 @@ pub struct moe_batch {
     pub seq_len: i32,
     /// Micro-batches accumulated into one update, >= 1. Default 1.
     pub num_micro_batches: i32,
+    /// A ::moe_pipeline_schedule, used when the mesh has pp > 1. A model with pipeline_virtual_stages > 1 needs MOE_PIPELINE_INTERLEAVED. Default MOE_PIPELINE_ONE_F_ONE_B.
+    pub pipeline_schedule: i32,
 }
 
 /// What one training step did.
@@ -854,10 +873,13 @@ extern "C" {
     /// Create a model with freshly initialised parameters and zero gradients.
     /// - ctx: The ctx; must outlive the model.
     /// - mesh: The parallel layout; must outlive the model. Layers take their shard sizes from it.
+    /// With pp > 1 the model holds only its pipeline stage's layers (see pipeline_virtual_stages
+    /// and pipeline_layers), the embedding on the first stage and the LM head on the last.
     /// - cfg: The architecture; copied, not kept.
     /// - out: Receives the model; the caller owns it and frees it with moe_model_destroy().
     /// Returns: MOE_OK; MOE_ERR_INVALID_ARG for a bad field (named) or a mesh the model does not divide
-    /// over; MOE_ERR_UNSUPPORTED for a device without an op table; MOE_ERR_OUT_OF_MEMORY.
+    /// over; MOE_ERR_UNSUPPORTED for a device without an op table or tied embeddings with pp > 1;
+    /// MOE_ERR_OUT_OF_MEMORY.
     pub fn moe_model_create(ctx: *mut moe_ctx, mesh: *const moe_mesh, cfg: *const moe_model_config, out: *mut *mut moe_model) -> moe_status;
 
     /// Free a model and everything it owns (its layers included).
@@ -1080,7 +1102,13 @@ extern "C" {
     /// - opt: The optimizer; NULL is a no-op. Safe from any thread.
     pub fn moe_optimizer_destroy(opt: *mut moe_optimizer);
 
-    /// Clip the model's gradients by their global norm and apply one update.
+    /// Sum the model's gradients over its data-parallel replicas, clip them by their global norm
+    /// and apply one update.
+    ///
+    /// On a mesh with dp or edp > 1 this is collective over the model's mesh (every rank calls it): the
+    /// accumulated gradients of each rank are summed over the replicas first (moe_train_step() calls it
+    /// for you). Afterwards the model's gradient buffers hold the summed gradients with zero_stage 0;
+    /// with zero_stage 1 only this rank's share of them is summed.
     /// - opt: The optimizer.
     /// - stats: Receives what happened; may be NULL (else set its struct_size first).
     /// Returns: MOE_OK (also when a non-finite step was skipped: see stats->skipped); MOE_ERR_INVALID_ARG.
@@ -1103,6 +1131,8 @@ extern "C" {
     ///
     /// Gradients are zeroed first. The loss is the mean over every counted target of the batch, whatever
     /// the micro-batch split, so one step on 4 micro-batches equals one step on one micro-batch of 4x size.
+    /// On a mesh with pp > 1 the micro-batches run under @p batch's pipeline_schedule, the same on every
+    /// pipeline stage, and every rank returns the same statistics.
     /// - model: The model.
     /// - opt: An optimizer created for @p model.
     /// - batch: The data; read during the call only.
@@ -1500,7 +1530,7 @@ mod layout_tests {
 
     #[test]
     fn moe_model_config_layout() {
-        assert_eq!(size_of::<moe_model_config>(), 124, "size of moe_model_config");
+        assert_eq!(size_of::<moe_model_config>(), 384, "size of moe_model_config");
         assert_eq!(align_of::<moe_model_config>(), 4, "align of moe_model_config");
         assert_eq!(offset!(moe_model_config, struct_size), 0, "offset of moe_model_config.struct_size");
         assert_eq!(offset!(moe_model_config, vocab_size), 4, "offset of moe_model_config.vocab_size");
@@ -1533,6 +1563,8 @@ mod layout_tests {
         assert_eq!(offset!(moe_model_config, moe_aux_loss_coef), 112, "offset of moe_model_config.moe_aux_loss_coef");
         assert_eq!(offset!(moe_model_config, moe_z_loss_coef), 116, "offset of moe_model_config.moe_z_loss_coef");
         assert_eq!(offset!(moe_model_config, moe_bias_update_rate), 120, "offset of moe_model_config.moe_bias_update_rate");
+        assert_eq!(offset!(moe_model_config, pipeline_virtual_stages), 124, "offset of moe_model_config.pipeline_virtual_stages");
+        assert_eq!(offset!(moe_model_config, pipeline_layers), 128, "offset of moe_model_config.pipeline_layers");
     }
 
     #[test]
@@ -1575,7 +1607,7 @@ mod layout_tests {
 
     #[test]
     fn moe_optimizer_config_layout() {
-        assert_eq!(size_of::<moe_optimizer_config>(), 72, "size of moe_optimizer_config");
+        assert_eq!(size_of::<moe_optimizer_config>(), 80, "size of moe_optimizer_config");
         assert_eq!(align_of::<moe_optimizer_config>(), 8, "align of moe_optimizer_config");
         assert_eq!(offset!(moe_optimizer_config, struct_size), 0, "offset of moe_optimizer_config.struct_size");
         assert_eq!(offset!(moe_optimizer_config, r#type), 4, "offset of moe_optimizer_config.type");
@@ -1593,6 +1625,7 @@ mod layout_tests {
         assert_eq!(offset!(moe_optimizer_config, clip_grad_norm), 60, "offset of moe_optimizer_config.clip_grad_norm");
         assert_eq!(offset!(moe_optimizer_config, decay_norms_and_biases), 64, "offset of moe_optimizer_config.decay_norms_and_biases");
         assert_eq!(offset!(moe_optimizer_config, decay_embeddings), 68, "offset of moe_optimizer_config.decay_embeddings");
+        assert_eq!(offset!(moe_optimizer_config, zero_stage), 72, "offset of moe_optimizer_config.zero_stage");
     }
 
     #[test]
@@ -1617,6 +1650,7 @@ mod layout_tests {
         assert_eq!(offset!(moe_batch, micro_batch_size), 24, "offset of moe_batch.micro_batch_size");
         assert_eq!(offset!(moe_batch, seq_len), 28, "offset of moe_batch.seq_len");
         assert_eq!(offset!(moe_batch, num_micro_batches), 32, "offset of moe_batch.num_micro_batches");
+        assert_eq!(offset!(moe_batch, pipeline_schedule), 36, "offset of moe_batch.pipeline_schedule");
     }
 
     #[test]
@@ -1692,6 +1726,7 @@ mod layout_tests {
         assert_eq!(size_of::<moe_layer_kind>(), 4);
         assert_eq!(size_of::<moe_optimizer_type>(), 4);
         assert_eq!(size_of::<moe_lr_decay>(), 4);
+        assert_eq!(size_of::<moe_pipeline_schedule>(), 4);
         assert_eq!(size_of::<moe_dataset_kind>(), 4);
         assert_eq!(size_of::<moe_dataset_split>(), 4);
         assert_eq!(size_of::<moe_dataset_dtype>(), 4);
