@@ -94,6 +94,7 @@ static void model_config_from(const train_options *o, int32_t vocab, moe_model_c
     c->moe_aux_loss_coef = (float)o->aux_coef;
     c->moe_z_loss_coef = (float)o->z_coef;
     c->moe_bias_update_rate = (float)o->bias_rate;
+    c->pipeline_virtual_stages = o->virtual_stages;
 }
 
 static void optimizer_config_from(const train_options *o, moe_optimizer_config *c)
@@ -111,14 +112,20 @@ static void optimizer_config_from(const train_options *o, moe_optimizer_config *
     c->weight_decay = (float)o->weight_decay;
     c->momentum = (float)o->momentum;
     c->clip_grad_norm = (float)o->clip;
+    c->zero_stage = (uint32_t)o->zero_stage;
 }
 
 /* Mean cross-entropy of `batches` validation micro-batches, from the logits. */
+/* The validation loss needs a whole-model forward, which a pipeline stage cannot run alone. */
+static const moe_mesh *mesh_of_run;
+
 static int validation_loss(moe_model *model, moe_dataset *ds, const train_options *o, int32_t vocab, int32_t *tok,
                            int32_t *tgt, float *logits, double *out)
 {
     int64_t nval = 0;
-    if (moe_dataset_num_samples(ds, MOE_DATASET_SPLIT_VALIDATION, &nval) != MOE_OK || nval == 0) {
+    int32_t pp = 1;
+    moe_mesh_group_size(mesh_of_run, MOE_AXIS_PP, &pp);
+    if (pp > 1 || moe_dataset_num_samples(ds, MOE_DATASET_SPLIT_VALIDATION, &nval) != MOE_OK || nval == 0) {
         *out = NAN;
         return 0;
     }
@@ -229,12 +236,6 @@ static int open_run(run *r, const train_options *o, uint64_t seed)
 
 static int save_checkpoint(run *r, const train_options *o, const char *root, int64_t step)
 {
-    if (r->world > 1) { /* multi-rank checkpoints need the collective save: not in this version */
-        static int warned = 0;
-        if (r->rank0 && !warned++)
-            fprintf(stderr, "moe-train: warning: checkpoints are written only by single-rank runs in this version\n");
-        return 0;
-    }
     char *json = options_to_json(o);
     moe_checkpoint_info info;
     moe_checkpoint_info_init(&info, sizeof info);
@@ -289,6 +290,7 @@ static int cmd_train(train_options *o)
     run r = {0};
     if (open_run(&r, o, seed)) return 1;
     if (!r.rank0) o->quiet = 1; /* one rank reports for all */
+    mesh_of_run = r.mesh;
     moe_dataset_config dc;
     moe_dataset_config_init(&dc, sizeof dc);
     dc.path = o->data;
@@ -383,6 +385,8 @@ static int cmd_train(train_options *o)
     b.micro_batch_size = o->batch;
     b.seq_len = o->seq_len;
     b.num_micro_batches = o->micro_batches;
+    b.pipeline_schedule = !strcmp(o->pipeline, "gpipe") ? MOE_PIPELINE_GPIPE
+                          : !strcmp(o->pipeline, "interleaved") ? MOE_PIPELINE_INTERLEAVED : MOE_PIPELINE_ONE_F_ONE_B;
     double t_start = now(), t_last = t_start, val = NAN;
     int64_t tokens_since = 0, step = start_step;
     int rc = 0, stopped_early = 0;
@@ -455,7 +459,10 @@ static int cmd_train(train_options *o)
         snprintf(path, sizeof path, "%s/sample.txt", o->out);
         FILE *sf = r.rank0 ? fopen(path, "w") : fopen("/dev/null", "w");
         if (sf) {
-            rc |= generate_text(r.model, o, sf);
+            if (o->tp > 1 || o->pp > 1) /* generation needs whole layers: load the checkpoint on one rank */
+                fprintf(sf, "(no sample: generate from the checkpoint with `moe-train generate` on one rank)\n");
+            else
+                rc |= generate_text(r.model, o, sf);
             fclose(sf);
         }
         if (!o->quiet && rc == 0) {

@@ -69,6 +69,9 @@ static const opt_def defs[] = {
     {"ep", T_INT, F(ep), 0, NULL, "train", "expert-parallel size (divides dp * tp and --experts)"},
     {"etp", T_INT, F(etp), 0, NULL, "train", "expert tensor-parallel size"},
     {"sequence-parallel", T_INT, F(sequence_parallel), 0, NULL, "train", "1 = shard norms and residuals over tp"},
+    {"pipeline", T_CHOICE, F(pipeline), S(pipeline), "1f1b|gpipe|interleaved", "train", "pipeline schedule when --pp > 1"},
+    {"virtual-stages", T_INT, F(virtual_stages), 0, NULL, "train", "model chunks per pipeline stage (interleaved schedule)"},
+    {"zero-stage", T_INT, F(zero_stage), 0, NULL, "train", "1 = shard optimizer state over data-parallel replicas (ZeRO-1)"},
     {"steps", T_INT, F(steps), 0, NULL, "train", "optimizer steps in total"},
     {"batch", T_INT, F(batch), 0, NULL, "train", "sequences per micro-batch"},
     {"micro-batches", T_INT, F(micro_batches), 0, NULL, "train", "micro-batches accumulated per step"},
@@ -133,6 +136,8 @@ void options_defaults(train_options *o)
     o->steps = 1500;
     o->dp = 0;
     o->tp = o->pp = o->ep = o->etp = 1;
+    o->virtual_stages = 1;
+    snprintf(o->pipeline, sizeof o->pipeline, "1f1b");
     o->batch = 8;
     o->micro_batches = 1;
     o->log_every = 20;

@@ -20,7 +20,8 @@ typedef struct train_options {
     double lr, min_lr, weight_decay, beta1, beta2, clip, momentum;
     int warmup;
     /* parallel layout (launch with mpirun -np dp*tp*pp) */
-    int dp, tp, pp, ep, etp, sequence_parallel;
+    int dp, tp, pp, ep, etp, sequence_parallel, zero_stage, virtual_stages;
+    char pipeline[16];
     /* run */
     int steps, batch, micro_batches, threads, log_every, eval_every, eval_batches, checkpoint_every, keep;
     double time_limit;
