@@ -340,10 +340,18 @@ static const tcase cases4[] = {
     {"tp2 pp2 moe alibi jitter", 2, 1, 1, 0, 2, A, RMS, 0, GELU, 2, 0.1f, 2, 0},
 };
 
+/* world 8: every axis at once (the tp2·ep2·pp2 mesh, with dp2) */
+static const tcase cases8[] = {
+    {"tp2 dp2 ep2 pp2 moe", 2, 2, 2, 0, 1, R, RMS, 0, SWI, 2, 0.0f, 2, 0},
+    {"tp2 dp2 ep4 pp2 moe zero1", 2, 2, 4, 0, 2, R, LN, 0, SWI, 2, 0.0f, 2, 1},
+};
+
 static void test_tp_equivalence(void)
 {
-    const tcase *cs = h_size == 2 ? cases2 : cases4;
-    size_t count = h_size == 2 ? sizeof cases2 / sizeof cases2[0] : sizeof cases4 / sizeof cases4[0];
+    const tcase *cs = h_size == 2 ? cases2 : h_size == 4 ? cases4 : cases8;
+    size_t count = h_size == 2   ? sizeof cases2 / sizeof cases2[0]
+                   : h_size == 4 ? sizeof cases4 / sizeof cases4[0]
+                                 : sizeof cases8 / sizeof cases8[0];
     for (size_t i = 0; i < count; i++) run_case(&cs[i]);
 }
 
