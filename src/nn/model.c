@@ -47,8 +47,10 @@ static moe_status register_block(moe_model *m, int32_t l)
                            c->moe_capacity_factor, c->moe_jitter, c->moe_aux_loss_coef, c->moe_z_loss_coef,
                            c->moe_bias_update_rate, 1, 0, NULL};
     moei_mesh_expert_settings(m->mesh, &s);
+    moei_moe_etp etp;
+    moei_mesh_expert_etp(m->mesh, &etp);
     snprintf(prefix, sizeof prefix, "layers.%d.moe", (int)l);
-    return moei_moe_register(&b->moe, p, prefix, &s);
+    return moei_moe_register_etp(&b->moe, p, prefix, &s, &etp);
 }
 
 MOE_API moe_status moe_model_create(moe_ctx *ctx, const moe_mesh *mesh, const moe_model_config *cfg, moe_model **out)
@@ -60,13 +62,17 @@ MOE_API moe_status moe_model_create(moe_ctx *ctx, const moe_mesh *mesh, const mo
     moe_model_config c;
     moe_status st = moei_model_config_load(ctx, cfg, &c, fn);
     if (st != MOE_OK) return st;
-    /* Data, tensor (+ sequence), expert and pipeline parallelism are implemented; etp is refused. */
-    if (mesh->size[MOE_AXIS_ETP] > 1)
+    /* Data, tensor (+ sequence), expert, expert-tensor and pipeline parallelism are implemented;
+     * etp is verified with dp and ep only, so its combinations with tp or pp are refused. */
+    if (mesh->size[MOE_AXIS_ETP] > 1 && (mesh->size[MOE_AXIS_TP] > 1 || mesh->size[MOE_AXIS_PP] > 1))
         return moei_fail(ctx, MOE_ERR_UNSUPPORTED,
-                         "%s: the mesh asks for etp = %d; experts are not split over tensor-parallel ranks in this "
-                         "version (etp must be 1; tp = %d, pp = %d, sequence_parallel = %u are supported)",
-                         fn, (int)mesh->size[MOE_AXIS_ETP], (int)mesh->size[MOE_AXIS_TP], (int)mesh->size[MOE_AXIS_PP],
-                         (unsigned)mesh->cfg.sequence_parallel);
+                         "%s: the mesh asks for etp = %d with tp = %d, pp = %d; experts split over etp ranks only "
+                         "with data and expert parallelism in this version (tp = 1 and pp = 1 with etp > 1)",
+                         fn, (int)mesh->size[MOE_AXIS_ETP], (int)mesh->size[MOE_AXIS_TP], (int)mesh->size[MOE_AXIS_PP]);
+    if (mesh->size[MOE_AXIS_ETP] > 1 && c.moe_num_experts > 0 && c.moe_expert_hidden % mesh->size[MOE_AXIS_ETP] != 0)
+        return moei_fail(ctx, MOE_ERR_INVALID_ARG,
+                         "%s: moe_model_config.moe_expert_hidden = %d does not divide over etp = %d", fn,
+                         (int)c.moe_expert_hidden, (int)mesh->size[MOE_AXIS_ETP]);
     st = moei_tp_model_check(ctx, mesh, &c, fn);
     if (st != MOE_OK) return st;
     if (c.moe_num_experts > 0 && c.moe_num_experts % mesh->size[MOE_AXIS_EP] != 0)
@@ -624,17 +630,20 @@ moe_status moei_model_grad_sumsq(moe_model *m, double *sumsq, int32_t *finite)
         if (st != MOE_OK) return st;
     }
     /* After the reduction dense gradients are identical on every rank: count them once. Expert
-     * gradients are identical within an edp group and differ across ep ranks: sum over ep. */
-    const int32_t ep = m->mesh->size[MOE_AXIS_EP];
-    if (ep > 1) {
-        moei_comm *c = moei_mesh_comm(m->mesh, MOE_AXIS_EP);
+     * gradients are identical within an edp group and differ across ep ranks and across etp ranks
+     * (each holds its slice of hidden units): sum over ep, then over etp. */
+    const int32_t eaxes[2] = {MOE_AXIS_EP, MOE_AXIS_ETP};
+    for (int32_t a = 0; a < 2; a++) {
+        const int32_t size = m->mesh->size[eaxes[a]];
+        if (size <= 1) continue;
+        moei_comm *c = moei_mesh_comm(m->mesh, eaxes[a]);
         double all[MOEI_MAX_EP];
         int32_t oks[MOEI_MAX_EP];
         moe_status st = moei_comm_host_all_gather(c, &part[1], all, sizeof(double));
         if (st == MOE_OK) st = moei_comm_host_all_gather(c, &ok[1], oks, sizeof(int32_t));
         if (st != MOE_OK) return st;
         part[1] = 0.0;
-        for (int32_t r = 0; r < ep; r++) { /* rank order: the same sum everywhere */
+        for (int32_t r = 0; r < size; r++) { /* rank order: the same sum everywhere */
             part[1] += all[r];
             ok[1] &= oks[r];
         }

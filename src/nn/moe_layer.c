@@ -17,6 +17,12 @@
 
 moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s)
 {
+    return moei_moe_register_etp(m, p, prefix, s, NULL);
+}
+
+moe_status moei_moe_register_etp(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s,
+                                 const moei_moe_etp *etp)
+{
     char name[MOEI_PARAM_NAME_CAP];
     memset(m, 0, sizeof *m);
     m->s = *s;
@@ -30,22 +36,33 @@ moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, co
     m->ep_rank = s->ep_rank;
     m->ep_comm = s->ep_comm;
     m->local_experts = (int32_t)(E / P);
-    const int64_t El = m->local_experts, e0 = (int64_t)m->ep_rank * El;
-    const int64_t rshape[2] = {E, d}, inshape[3] = {El, f, d}, outshape[3] = {El, d, f};
+    const int32_t T = etp && etp->size > 1 ? etp->size : 1;
+    if (T > MOEI_MAX_EP || f % T != 0)
+        return moei_fail(p->ctx, MOE_ERR_INVALID_ARG,
+                         "MoE layer '%s': expert hidden size %lld does not divide over etp = %d ranks", prefix,
+                         (long long)f, (int)T);
+    m->etp_size = T;
+    m->etp_rank = T > 1 ? etp->rank : 0;
+    m->etp_comm = T > 1 ? etp->comm : NULL;
+    const int64_t El = m->local_experts, e0 = (int64_t)m->ep_rank * El, fl = f / T, f0 = (int64_t)m->etp_rank * fl;
+    /* experts split over ep (dimension 0), each expert's hidden units over etp (w1/w3 rows, w2 columns) */
+    const int64_t rshape[2] = {E, d}, inshape[3] = {El, fl, d}, outshape[3] = {El, d, fl};
+    const int64_t infull[3] = {E, f, d}, outfull[3] = {E, d, f}, instart[3] = {e0, f0, 0}, outstart[3] = {e0, 0, f0};
     m->w3 = -1;
     snprintf(name, sizeof name, "%s.router", prefix);
     moe_status st = moei_params_add(p, name, 2, rshape, MOEI_PARAM_MATRIX, &m->router_w);
     if (st == MOE_OK) {
         snprintf(name, sizeof name, "%s.experts.w1", prefix);
-        st = moei_params_add_shard(p, name, 3, inshape, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, E, e0, &m->w1);
+        st = moei_params_add_slice(p, name, 3, inshape, infull, instart, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, &m->w1);
     }
     if (st == MOE_OK && s->activation == MOE_ACTIVATION_SWIGLU) {
         snprintf(name, sizeof name, "%s.experts.w3", prefix);
-        st = moei_params_add_shard(p, name, 3, inshape, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, E, e0, &m->w3);
+        st = moei_params_add_slice(p, name, 3, inshape, infull, instart, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, &m->w3);
     }
     if (st == MOE_OK) {
         snprintf(name, sizeof name, "%s.experts.w2", prefix);
-        st = moei_params_add_shard(p, name, 3, outshape, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT, E, e0, &m->w2);
+        st = moei_params_add_slice(p, name, 3, outshape, outfull, outstart, MOEI_PARAM_MATRIX, MOEI_GROUP_EXPERT,
+                                   &m->w2);
     }
     if (st != MOE_OK) return st;
     /* Only top_k of the E experts are active per token (expert choice: k = capacity share). */
@@ -68,7 +85,12 @@ moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, co
     m->eoffset = calloc((size_t)E + 1, sizeof *m->eoffset);
     m->ep_cursor = calloc((size_t)E + 1, sizeof *m->ep_cursor);
     m->all_counts = calloc((size_t)E * (size_t)P, sizeof *m->all_counts);
-    if (!m->bias || !m->step_counts || !m->problems || !m->ecount || !m->eoffset || !m->ep_cursor || !m->all_counts)
+    m->ep_ecount = calloc((size_t)E + 1, sizeof *m->ep_ecount);
+    m->ep_eoffset = calloc((size_t)E + 1, sizeof *m->ep_eoffset);
+    m->own_count = calloc((size_t)E, sizeof *m->own_count);
+    m->etp_counts = calloc((size_t)E * (size_t)T, sizeof *m->etp_counts);
+    if (!m->bias || !m->step_counts || !m->problems || !m->ecount || !m->eoffset || !m->ep_cursor || !m->all_counts ||
+        !m->ep_ecount || !m->ep_eoffset || !m->own_count || !m->etp_counts)
         return moei_fail(p->ctx, MOE_ERR_OUT_OF_MEMORY, "out of host memory creating MoE layer '%s'", prefix);
     return MOE_OK;
 }
@@ -138,32 +160,42 @@ static moe_status ep_layout(moe_ctx *ctx, moei_moe *m)
     }
     int64_t off = 0;
     for (int32_t e = 0; e < El; e++) {
-        m->eoffset[e] = off;
-        m->ecount[e] = 0;
-        for (int32_t r = 0; r < P; r++) m->ecount[e] += m->all_counts[(int64_t)r * E + me * El + e];
-        off += m->ecount[e];
+        m->ep_eoffset[e] = off;
+        m->ep_ecount[e] = 0;
+        for (int32_t r = 0; r < P; r++) m->ep_ecount[e] += m->all_counts[(int64_t)r * E + me * El + e];
+        off += m->ep_ecount[e];
     }
-    m->eoffset[El] = off;
+    m->ep_eoffset[El] = off;
     m->recv_rows = recv_total;
     return MOE_OK;
 }
 
-/* Rows [source][expert] <-> [expert][source]. to_expert_major = 1 reads src in source-major order. */
-static void ep_reorder(const moei_moe *m, const float *src, float *dst, int64_t d, int to_expert_major)
+/* Rows [source][expert] <-> [expert][source], source r holding counts[r·stride + e] rows of local
+ * expert e and expert e starting at eoffset[e] in the expert-major order. to_expert_major = 1
+ * reads src in source-major order. */
+static void block_reorder(const moei_moe *m, int32_t P, const int32_t *counts, int64_t stride, const int64_t *eoffset,
+                          const float *src, float *dst, int64_t d, int to_expert_major)
 {
-    const int32_t P = m->ep_size, E = m->s.num_experts, El = m->local_experts, me = m->ep_rank;
+    const int32_t El = m->local_experts;
     int64_t src_row = 0;
     int64_t *cursor = m->ep_cursor;
-    for (int32_t e = 0; e < El; e++) cursor[e] = m->eoffset[e];
+    for (int32_t e = 0; e < El; e++) cursor[e] = eoffset[e];
     for (int32_t r = 0; r < P; r++)
         for (int32_t e = 0; e < El; e++) {
-            int64_t rows = m->all_counts[(int64_t)r * E + me * El + e];
+            int64_t rows = counts[(int64_t)r * stride + e];
             const float *a = to_expert_major ? src + src_row * d : src + cursor[e] * d;
             float *b = to_expert_major ? dst + cursor[e] * d : dst + src_row * d;
             memcpy(b, a, (size_t)(rows * d) * sizeof(float));
             cursor[e] += rows;
             src_row += rows;
         }
+}
+
+static void ep_reorder(const moei_moe *m, const float *src, float *dst, int64_t d, int to_expert_major)
+{
+    const int32_t E = m->s.num_experts;
+    block_reorder(m, m->ep_size, m->all_counts + (int64_t)m->ep_rank * m->local_experts, E, m->ep_eoffset, src, dst, d,
+                  to_expert_major);
 }
 
 /* Send plan-ordered rows `xp` [S, d] to the expert owners; they arrive in xe expert-major. */
@@ -203,6 +235,97 @@ static moe_status ep_return(moe_ctx *ctx, moei_moe *m, const float *ye, float *y
     return m->ep_comm->ops->all_to_all_v(m->ep_comm, stage, sc, so, yp, rc, ro, MOE_DTYPE_F32);
 }
 
+/* ---- expert tensor parallelism: the etp group shares its local experts, each rank one slice of
+ * their hidden units. The group's rows are gathered (expert-major over the concatenation, sources
+ * in etp-rank order inside each expert), every rank applies its slice to all of them, and the
+ * partial outputs — sums over the slice's hidden units — are reduce-scattered back to each row's
+ * owner, summed in etp-rank order so every owner adds the same terms in the same order. */
+
+/* Exchange the ranks' rows per local expert and lay out the gathered rows (ecount/eoffset). */
+static moe_status etp_layout(moei_moe *m)
+{
+    const int32_t T = m->etp_size, El = m->local_experts;
+    moe_status st = m->etp_comm->ops->all_gather(m->etp_comm, m->own_count, m->etp_counts, El, MOE_DTYPE_I32);
+    m->etp_count_exchanges++;
+    if (st != MOE_OK) return st;
+    int64_t off = 0;
+    for (int32_t q = 0; q < T; q++) {
+        m->etp_src_off[q] = off;
+        for (int32_t e = 0; e < El; e++) off += m->etp_counts[(int64_t)q * El + e];
+    }
+    m->etp_src_off[T] = off;
+    off = 0;
+    for (int32_t e = 0; e < El; e++) {
+        m->eoffset[e] = off;
+        m->ecount[e] = 0;
+        for (int32_t q = 0; q < T; q++) m->ecount[e] += m->etp_counts[(int64_t)q * El + e];
+        off += m->ecount[e];
+    }
+    m->eoffset[El] = off;
+    return MOE_OK;
+}
+
+static int64_t etp_own_rows(const moei_moe *m)
+{
+    return m->etp_src_off[m->etp_rank + 1] - m->etp_src_off[m->etp_rank];
+}
+
+/* Reserve the gathered-row buffers for width `w` (d, or the slice's activation width). */
+static moe_status etp_reserve(moe_ctx *ctx, moei_moe *m, int64_t d)
+{
+    const int64_t G = m->eoffset[m->local_experts], R = etp_own_rows(m);
+    moe_status st = reserve(ctx, &m->etp_x, G * d, sizeof(float));
+    if (st == MOE_OK) st = reserve(ctx, &m->etp_y, G * d, sizeof(float));
+    if (st == MOE_OK) st = reserve(ctx, &m->etp_stage, G * d, sizeof(float));
+    if (st == MOE_OK) st = reserve(ctx, &m->etp_recv, (int64_t)m->etp_size * R * d, sizeof(float));
+    return st;
+}
+
+/* own [R, d] expert-major (this rank's rows) -> all [G, d] expert-major over the group's rows. */
+static moe_status etp_gather(moei_moe *m, const float *own, float *all, int64_t d)
+{
+    const int32_t T = m->etp_size, El = m->local_experts;
+    const int64_t R = etp_own_rows(m);
+    int64_t sc[MOEI_MAX_EP], so[MOEI_MAX_EP], rc[MOEI_MAX_EP], ro[MOEI_MAX_EP];
+    for (int32_t q = 0; q < T; q++) {
+        sc[q] = R * d; /* the same rows to every peer */
+        so[q] = 0;
+        rc[q] = (m->etp_src_off[q + 1] - m->etp_src_off[q]) * d;
+        ro[q] = m->etp_src_off[q] * d;
+    }
+    m->etp_rows_own += (uint64_t)R;
+    m->etp_rows_all += (uint64_t)m->etp_src_off[T];
+    float *stage = MOEI_BUF_F32(m->etp_stage);
+    moe_status st = m->etp_comm->ops->all_to_all_v(m->etp_comm, own, sc, so, stage, rc, ro, MOE_DTYPE_F32);
+    if (st == MOE_OK) block_reorder(m, T, m->etp_counts, El, m->eoffset, stage, all, d, 1);
+    return st;
+}
+
+/* all [G, d] expert-major partial sums -> own [R, d]: the sum over the group of each own row. */
+static moe_status etp_reduce_scatter(moei_moe *m, const float *all, float *own, int64_t d)
+{
+    const int32_t T = m->etp_size, El = m->local_experts;
+    const int64_t R = etp_own_rows(m);
+    int64_t sc[MOEI_MAX_EP], so[MOEI_MAX_EP], rc[MOEI_MAX_EP], ro[MOEI_MAX_EP];
+    for (int32_t q = 0; q < T; q++) {
+        sc[q] = (m->etp_src_off[q + 1] - m->etp_src_off[q]) * d;
+        so[q] = m->etp_src_off[q] * d;
+        rc[q] = R * d;
+        ro[q] = (int64_t)q * R * d;
+    }
+    float *stage = MOEI_BUF_F32(m->etp_stage), *recv = MOEI_BUF_F32(m->etp_recv);
+    block_reorder(m, T, m->etp_counts, El, m->eoffset, all, stage, d, 0);
+    moe_status st = m->etp_comm->ops->all_to_all_v(m->etp_comm, stage, sc, so, recv, rc, ro, MOE_DTYPE_F32);
+    if (st != MOE_OK) return st;
+    const int64_t n = R * d;
+    if (n > 0) memcpy(own, recv, (size_t)n * sizeof(float));
+    for (int32_t q = 1; q < T; q++) {
+        const float *part = recv + (int64_t)q * n;
+        for (int64_t i = 0; i < n; i++) own[i] += part[i];
+    }
+    return MOE_OK;
+}
+
 moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, const float *x, int64_t n, int training,
                             uint64_t seed, uint64_t rng_step, float *y)
 {
@@ -210,9 +333,10 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     if (!ops) return MOE_ERR_UNSUPPORTED;
     const moei_moe_settings *s = &m->s;
     const int32_t E = s->num_experts, k = s->top_k;
-    const int64_t d = s->d, f = s->hidden, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
+    /* f: this rank's hidden units of each expert (all of them without etp) */
+    const int64_t d = s->d, f = s->hidden / m->etp_size, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
     const int expert_choice = s->router == MOE_ROUTER_EXPERT_CHOICE;
-    const int ep = m->ep_size > 1;
+    const int ep = m->ep_size > 1, etp = m->etp_size > 1;
     /* tensor parallelism: route this rank's rows only (tp_moe.h); y_caller gets every row back */
     float *const y_caller = y;
     if (moei_tp_on(&m->tp)) {
@@ -293,12 +417,25 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
         ye = MOEI_BUF_F32(m->ye);
         st = ep_dispatch(ctx, m, xp, xe, d);
         if (st != MOE_OK) return st;
+        memcpy(m->ecount, m->ep_ecount, (size_t)m->local_experts * sizeof *m->ecount);
+        memcpy(m->eoffset, m->ep_eoffset, ((size_t)m->local_experts + 1) * sizeof *m->eoffset);
     } else {
         for (int32_t e = 0; e < E; e++) {
             m->ecount[e] = m->plan.counts[e];
             m->eoffset[e] = m->plan.offsets[e];
         }
         m->eoffset[E] = m->plan.offsets[E];
+    }
+    /* this rank's rows (expert-major), replaced by the etp group's for the expert GEMMs */
+    float *const xe_own = xe, *const ye_own = ye;
+    if (etp) {
+        for (int32_t e = 0; e < m->local_experts; e++) m->own_count[e] = (int32_t)m->ecount[e];
+        st = etp_layout(m);
+        if (st == MOE_OK) st = etp_reserve(ctx, m, d);
+        if (st == MOE_OK) st = etp_gather(m, xe_own, MOEI_BUF_F32(m->etp_x), d);
+        if (st != MOE_OK) return st;
+        xe = MOEI_BUF_F32(m->etp_x);
+        ye = MOEI_BUF_F32(m->etp_y);
     }
     const int64_t rows = m->eoffset[m->local_experts];
     st = reserve(ctx, &m->pre, rows * pw, sizeof(float));
@@ -317,7 +454,8 @@ moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, con
     /* down projection: ye_e [r_e, d] = act_e · w2[e]ᵀ */
     group_desc g2 = {1, 0, d, f, act, f, f, 0, moei_param_data(p, m->w2), f, 0, d * f, ye, d, d, 0};
     if (st == MOE_OK) st = run_grouped(ctx, m, 0, 1, 0.0f, &g2, 0);
-    if (st == MOE_OK && ep) st = ep_return(ctx, m, ye, yp, d);
+    if (st == MOE_OK && etp) st = etp_reduce_scatter(m, ye, ye_own, d);
+    if (st == MOE_OK && ep) st = ep_return(ctx, m, ye_own, yp, d);
     if (st == MOE_OK) st = moei_unpermute_combine(ctx, &m->plan, d, yp, w, y);
     if (st == MOE_OK && m->has_shared) {
         float *sy = MOEI_BUF_F32(m->shared_y);
@@ -355,10 +493,10 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
     if (!ops) return MOE_ERR_UNSUPPORTED;
     const moei_moe_settings *s = &m->s;
     const int32_t E = s->num_experts, k = s->top_k;
-    const int64_t n = m->n, d = s->d, f = s->hidden, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
+    const int64_t n = m->n, d = s->d, f = s->hidden / m->etp_size, pw = s->activation == MOE_ACTIVATION_SWIGLU ? 2 * f : f;
     const int64_t n_slots = m->plan.n_slots, rows = m->eoffset[m->local_experts];
     const int expert_choice = s->router == MOE_ROUTER_EXPERT_CHOICE;
-    const int ep = m->ep_size > 1;
+    const int ep = m->ep_size > 1, etp = m->etp_size > 1;
     /* tensor parallelism: this rank's rows, as in the forward (tp_moe.h) */
     float *const dx_caller = dx;
     const int accumulate_caller = accumulate;
@@ -367,7 +505,7 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
         if (tst != MOE_OK) return tst;
     }
     moe_status st = reserve(ctx, &m->d_yp, m->plan.n_rows * d, sizeof(float));
-    if (st == MOE_OK && ep) st = reserve(ctx, &m->d_ye, rows * d, sizeof(float));
+    if (st == MOE_OK && ep) st = reserve(ctx, &m->d_ye, m->recv_rows * d, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_w, n_slots, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_logits, n * E, sizeof(float));
     if (st == MOE_OK) st = reserve(ctx, &m->d_xr, n * d, sizeof(float));
@@ -378,9 +516,16 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
     const float *logits = MOEI_BUF_F32(m->logits), *probs = MOEI_BUF_F32(m->probs);
     /* expert-major views: the plan-ordered buffers themselves without EP */
     float *xe = ep ? MOEI_BUF_F32(m->xe) : xp, *d_ye = ep ? MOEI_BUF_F32(m->d_ye) : d_yp;
+    /* with etp: this rank's rows, and the group's (the forward's gathered input; d_ye gathered) */
+    float *const xe_own = xe, *const d_ye_own = d_ye;
+    if (etp) {
+        xe = MOEI_BUF_F32(m->etp_x);
+        d_ye = MOEI_BUF_F32(m->etp_y);
+    }
 
     st = moei_unpermute_combine_backward(ctx, &m->plan, d, dy, yp, w, d_yp, d_w);
-    if (st == MOE_OK && ep) st = ep_dispatch(ctx, m, d_yp, d_ye, d);
+    if (st == MOE_OK && ep) st = ep_dispatch(ctx, m, d_yp, d_ye_own, d);
+    if (st == MOE_OK && etp) st = etp_gather(m, d_ye_own, d_ye, d);
     /* dW2[e] += d_ye_eᵀ · act_e  ([d, f]) */
     group_desc gw2 = {0, d, f, 0, d_ye, d, d, 0, act, f, f, 0, moei_param_grad(p, m->w2), f, 0, d * f};
     if (st == MOE_OK) st = run_grouped(ctx, m, 1, 0, 1.0f, &gw2, 1);
@@ -404,7 +549,8 @@ moe_status moei_moe_backward(moe_ctx *ctx, moei_moe *m, const moei_params *p, co
         gdx.b = moei_param_data(p, m->w3);
         st = run_grouped(ctx, m, 0, 0, 1.0f, &gdx, 0);
     }
-    if (st == MOE_OK && ep) st = ep_return(ctx, m, xe, xp, d);
+    if (st == MOE_OK && etp) st = etp_reduce_scatter(m, xe, xe_own, d);
+    if (st == MOE_OK && ep) st = ep_return(ctx, m, xe_own, xp, d);
     if (st == MOE_OK) st = moei_permute_backward(ctx, &m->plan, d, xp, accumulate, dx);
 
     /* Router: combine-weight gradients through the score function, plus the losses. */
@@ -454,7 +600,7 @@ void moei_moe_free(moe_ctx *ctx, moei_moe *m)
     moei_buf *bufs[] = {&m->xr,  &m->logits, &m->probs,    &m->sel_idx, &m->sel_w, &m->plan_mem,
                         &m->ec_ws, &m->xp,   &m->pre,      &m->act,     &m->yp,    &m->shared_y,
                         &m->d_yp, &m->d_w,   &m->d_logits, &m->d_xr,    &m->xe,    &m->ye,
-                        &m->d_ye, &m->ep_stage};
+                        &m->d_ye, &m->ep_stage, &m->etp_x, &m->etp_y, &m->etp_stage, &m->etp_recv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) moei_buf_free(ctx, bufs[i]);
     if (m->has_shared) moei_mlp_free(ctx, &m->shared);
     free(m->bias);
@@ -464,6 +610,10 @@ void moei_moe_free(moe_ctx *ctx, moei_moe *m)
     free(m->eoffset);
     free(m->ep_cursor);
     free(m->all_counts);
+    free(m->ep_ecount);
+    free(m->ep_eoffset);
+    free(m->own_count);
+    free(m->etp_counts);
     moei_moe_tp_free(ctx, m);
 }
 
@@ -502,4 +652,11 @@ void moei_mesh_expert_settings(const struct moe_mesh *mesh, moei_moe_settings *s
     s->ep_size = mesh->size[MOE_AXIS_EP];
     s->ep_rank = mesh->rank[MOE_AXIS_EP];
     s->ep_comm = s->ep_size > 1 ? moei_mesh_comm(mesh, MOE_AXIS_EP) : NULL;
+}
+
+void moei_mesh_expert_etp(const struct moe_mesh *mesh, moei_moe_etp *etp)
+{
+    etp->size = mesh->size[MOE_AXIS_ETP];
+    etp->rank = mesh->rank[MOE_AXIS_ETP];
+    etp->comm = etp->size > 1 ? moei_mesh_comm(mesh, MOE_AXIS_ETP) : NULL;
 }

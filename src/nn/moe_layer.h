@@ -28,6 +28,13 @@ typedef struct moei_moe_settings {
     struct moei_comm *ep_comm; /* NULL when ep_size is 1 */
 } moei_moe_settings;
 
+/* Expert tensor parallelism: this rank holds hidden units [rank·f/size, (rank+1)·f/size) of each of
+ * its experts. size <= 1 = off. */
+typedef struct moei_moe_etp {
+    int32_t size, rank;
+    struct moei_comm *comm; /* NULL when size <= 1 */
+} moei_moe_etp;
+
 typedef struct moei_moe {
     moei_moe_settings s;
     char prefix[96];
@@ -44,6 +51,7 @@ typedef struct moei_moe {
     int32_t *all_counts;         /* [ep][E] every ep rank's rows per expert (EP only) */
     int64_t send_count[MOEI_MAX_EP], send_offset[MOEI_MAX_EP], recv_count[MOEI_MAX_EP], recv_offset[MOEI_MAX_EP];
     int64_t recv_rows;
+    int64_t *ep_ecount, *ep_eoffset; /* [El + 1] the ep exchange's expert-major layout (this rank's rows) */
     int64_t token_base;          /* global index of this rank's first token (keys jitter) */
     /* EP traffic, for the volume formula in docs/parallelism.md: each dispatch/return pair moves
      * (rows sent to other ranks + rows received from them) rows of d floats each way */
@@ -62,6 +70,20 @@ typedef struct moei_moe {
     int has_stats;
     double aux_loss, z_loss;
     moei_dispatch_stats stats;
+    /* expert tensor parallelism: every rank of the etp group (same local experts, distinct rows)
+     * gathers the group's expert-major rows, runs its hidden-unit slice of each expert over all of
+     * them and reduce-scatters the partial outputs back to the rows' owners. ecount/eoffset then
+     * describe the gathered layout; own_count the rows this rank brought. */
+    int32_t etp_size, etp_rank;
+    struct moei_comm *etp_comm;
+    int32_t *own_count;          /* [El] this rank's rows per local expert */
+    int32_t *etp_counts;         /* [etp][El] every etp rank's rows per local expert */
+    int64_t etp_src_off[MOEI_MAX_EP + 1]; /* rows of etp rank q start at etp_src_off[q] of the gathered rows */
+    moei_buf etp_x, etp_y, etp_stage, etp_recv;
+    /* etp traffic, for the volume formula in docs/parallelism.md: summed over every gather (forward
+     * and backward), this rank's rows R and the group's gathered rows G; each gather and its
+     * reduce-scatter send ((etp-1)·R + G - R) rows of d floats, each forward (etp-1)·El counts */
+    uint64_t etp_rows_own, etp_rows_all, etp_count_exchanges;
     /* tensor parallelism (nn/tp_moe.c): each tp rank routes its 1/tp of the micro-batch's rows;
      * counts, stats and router losses cover the whole micro-batch. Zeroed = off. */
     moei_tp tp;
@@ -70,6 +92,9 @@ typedef struct moei_moe {
 } moei_moe;
 
 moe_status moei_moe_register(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s);
+/* As moei_moe_register, with each expert's hidden units split over `etp` (NULL = not split). */
+moe_status moei_moe_register_etp(moei_moe *m, moei_params *p, const char *prefix, const moei_moe_settings *s,
+                                 const moei_moe_etp *etp);
 /* y [n, d] = moe(x). training != 0 applies jitter (keyed by seed, rng_step and token index) and
  * accumulates step_counts for the bias update. x must stay unchanged until the backward. */
 moe_status moei_moe_forward(moe_ctx *ctx, moei_moe *m, const moei_params *p, const float *x, int64_t n, int training,
@@ -86,6 +111,8 @@ moe_status moei_moe_stats(moe_ctx *ctx, const moei_moe *m, moe_routing_stats *st
 /* Fill the expert-parallel fields of `s` from a mesh (ep size, rank and communicator). */
 struct moe_mesh;
 void moei_mesh_expert_settings(const struct moe_mesh *mesh, moei_moe_settings *s);
+/* The etp split of a mesh (size, rank and communicator). */
+void moei_mesh_expert_etp(const struct moe_mesh *mesh, moei_moe_etp *etp);
 void moei_moe_free(moe_ctx *ctx, moei_moe *m);
 
 #endif

@@ -237,15 +237,17 @@ static void test_unsupported_axes(void)
     CHECK_OK(moe_ctx_create(NULL, &ctx));
     moe_mesh_config mc;
     moe_mesh_config_init(&mc, sizeof mc);
-    mc.etp = 2;
-    mc.dp = h_size;
+    mc.etp = 2; /* expert tensor parallelism combined with tensor parallelism */
+    mc.tp = 2;
+    mc.dp = h_size / 2;
     mc.comm_backend = MOE_COMM_MPI;
     CHECK_OK(moe_mesh_create(ctx, &mc, &mesh));
     moe_model_config c;
     tiny_config(&c, 0.0f);
     if (mesh) {
-        CHECK(moe_model_create(ctx, mesh, &c, &m) == MOE_ERR_UNSUPPORTED, "etp = 2 was accepted");
-        CHECK(strstr(moe_ctx_last_error(ctx), "etp = 2") != NULL, "message: %s", moe_ctx_last_error(ctx));
+        CHECK(moe_model_create(ctx, mesh, &c, &m) == MOE_ERR_UNSUPPORTED, "etp = 2 with tp = 2 was accepted");
+        CHECK(strstr(moe_ctx_last_error(ctx), "etp = 2") != NULL && strstr(moe_ctx_last_error(ctx), "tp = 2") != NULL,
+              "message: %s", moe_ctx_last_error(ctx));
     }
     moe_mesh_destroy(mesh);
     moe_ctx_destroy(ctx);
