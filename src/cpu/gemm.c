@@ -9,7 +9,7 @@
 #include "core/ops.h"
 
 /* Below this many flops per problem, parallelism inside one problem does not pay for itself. */
-#define MOEI_SMALL_GEMM_FLOPS (2.0 * 128 * 128 * 128)
+#define MOEI_SMALL_GEMM_FLOPS (2.0 * 256 * 256 * 256)
 
 static moe_status check_gemm(moe_ctx *ctx, const char *fn, int32_t trans_a, int32_t trans_b, int64_t m, int64_t n,
                              int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, const float *c,
