@@ -450,16 +450,47 @@ MOE_API moe_status moe_model_get_config(const moe_model *model, moe_model_config
     return MOE_OK;
 }
 
+/* Parameter counts of the logical (unsharded) model, from its config alone, so every rank of every
+ * mesh reports the same numbers. matmul_active counts the weights multiplied per token (the
+ * experts' top_k share; the embedding only when it doubles as the LM head). */
+static void count_params(const moe_model_config *c, int32_t head_dim, double *total, double *active,
+                         double *matmul_active)
+{
+    const double d = c->d_model, V = c->vocab_size, qd = (double)c->num_heads * head_dim,
+                 kvd = (double)c->num_kv_heads * head_dim, norm = c->norm == MOE_NORM_LAYERNORM ? 2.0 * d : d;
+    double t = V * d + norm, mm = 0.0, act_extra = 0.0;
+    if (c->position == MOE_POSITION_LEARNED) t += (double)c->max_seq_len * d;
+    if (!c->tie_embeddings) t += V * d;
+    mm += V * d; /* the LM head, whether tied or not */
+    for (int32_t l = 0; l < c->num_layers; l++) {
+        const double attn = 2.0 * qd * d + 2.0 * kvd * d;
+        t += 2.0 * norm + attn;
+        mm += attn;
+        if (moei_model_layer_is_moe(c, l)) {
+            const double nw = c->moe_activation == MOE_ACTIVATION_SWIGLU ? 3.0 : 2.0;
+            const double expert = nw * c->moe_expert_hidden * d, router = (double)c->moe_num_experts * d;
+            const double shared = nw * c->moe_shared_expert_hidden * d;
+            t += router + c->moe_num_experts * expert + shared;
+            mm += router + c->moe_top_k * expert + shared;
+            act_extra += (double)(c->moe_num_experts - c->moe_top_k) * expert; /* not active per token */
+        } else {
+            const double nw = c->ffn_activation == MOE_ACTIVATION_SWIGLU ? 3.0 : 2.0, mlp = nw * c->ffn_hidden * d;
+            t += mlp;
+            mm += mlp;
+        }
+    }
+    *total = t;
+    *active = t - act_extra;
+    *matmul_active = mm;
+}
+
 MOE_API moe_status moe_model_num_params(const moe_model *model, int64_t *total, int64_t *active)
 {
     MOEI_CHECK_NOT_NULL(NULL, model, "moe_model_num_params");
-    int64_t t = 0, a = 0;
-    for (int32_t i = 0; i < model->params.count; i++) {
-        t += model->params.entries[i].numel;
-        a += model->params.entries[i].active_numel;
-    }
-    if (total) *total = t;
-    if (active) *active = a;
+    double t, a, mm;
+    count_params(&model->cfg, model->head_dim, &t, &a, &mm);
+    if (total) *total = (int64_t)t;
+    if (active) *active = (int64_t)a;
     return MOE_OK;
 }
 
@@ -472,12 +503,8 @@ MOE_API moe_status moe_model_flops_per_token(const moe_model *model, int32_t seq
         return moei_fail(model->ctx, MOE_ERR_INVALID_ARG, "%s: seq_len = %d (must be 1..max_seq_len)", fn, (int)seq_len);
     /* 6 FLOPs per active matmul weight (forward 2, backward 4); a tied embedding is the LM head's
      * matmul. Causal attention: scores and values, 2 matmuls of (T/2 average keys) x qd, x3 for backward. */
-    double matmul = 0.0;
-    for (int32_t i = 0; i < model->params.count; i++) {
-        const moei_param *e = &model->params.entries[i];
-        if (e->role == MOEI_PARAM_MATRIX || (model->cfg.tie_embeddings && i == model->embed))
-            matmul += (double)e->active_numel;
-    }
+    double t, a, matmul;
+    count_params(&model->cfg, model->head_dim, &t, &a, &matmul);
     double qd = (double)model->cfg.num_heads * model->head_dim;
     double attn = 6.0 * model->cfg.num_layers * qd * (double)seq_len; /* = 3 x 2 x 2 x qd x T/2 */
     *flops = 6.0 * matmul + attn;

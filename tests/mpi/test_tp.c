@@ -171,6 +171,16 @@ static void run_case(const tcase *t)
     make_config(t, &c);
     if (mesh) CHECK_OK(moe_model_create(ctx, mesh, &c, &m));
     if (self) CHECK_OK(moe_model_create(rctx, self, &c, &ref));
+    if (m && ref) { /* counts describe the logical model, whatever the mesh */
+        int64_t t1 = 0, a1 = 0, t2 = 0, a2 = 0;
+        double f1 = 0.0, f2 = 0.0;
+        CHECK_OK(moe_model_num_params(m, &t1, &a1));
+        CHECK_OK(moe_model_num_params(ref, &t2, &a2));
+        CHECK_OK(moe_model_flops_per_token(m, 4, &f1));
+        CHECK_OK(moe_model_flops_per_token(ref, 4, &f2));
+        CHECK(t1 == t2 && a1 == a2 && f1 == f2, "%s: parameter counts %lld/%lld vs one rank %lld/%lld", t->name,
+              (long long)t1, (long long)a1, (long long)t2, (long long)a2);
+    }
     moe_optimizer_config oc;
     moe_optimizer_config_init(&oc, sizeof oc);
     oc.lr = 1e-2f;
