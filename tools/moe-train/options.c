@@ -133,7 +133,7 @@ void options_defaults(train_options *o)
     o->beta2 = 0.95;
     o->momentum = 0.9;
     o->clip = 1.0;
-    o->steps = 1500;
+    o->steps = 3500;
     o->dp = 0;
     o->tp = o->pp = o->ep = o->etp = 1;
     o->virtual_stages = 1;
