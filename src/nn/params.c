@@ -14,6 +14,17 @@ void moei_params_init(moei_params *p, moe_ctx *ctx)
     p->ctx = ctx;
 }
 
+int64_t moei_param_full_index(const moei_param *e, int64_t j)
+{
+    int64_t off = 0, stride = 1;
+    for (int32_t d = e->ndim - 1; d >= 0; d--) {
+        off += (e->start[d] + j % e->shape[d]) * stride;
+        j /= e->shape[d];
+        stride *= e->full_shape[d];
+    }
+    return off;
+}
+
 int32_t moei_params_find(const moei_params *p, const char *name)
 {
     for (int32_t i = 0; i < p->count; i++)

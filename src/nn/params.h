@@ -104,6 +104,8 @@ static inline float *moei_param_data(const moei_params *p, int32_t i) { return p
 static inline float *moei_param_grad(const moei_params *p, int32_t i) { return p->grad + p->entries[i].offset; }
 
 int32_t moei_params_find(const moei_params *p, const char *name);
+/* Flat (row-major) index in the logical tensor of element j of this rank's slice of it. */
+int64_t moei_param_full_index(const moei_param *e, int64_t j);
 /* Initialise every tensor from its name and role: element i of tensor n is drawn from
  * Philox(seed, hash(n), i), so any shard on any mesh gets the same values. */
 void moei_params_init_values(moei_params *p, uint64_t seed, float init_std);

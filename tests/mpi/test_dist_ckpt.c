@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "io/fsio.h"
+#include "mpi/equiv_util.h"
 #include "mpi/mpi_harness.h"
 #include "nn/model.h"
 #include "optim/optimizer.h"
@@ -151,18 +152,7 @@ static double params_vs_whole(const moe_model *m, const moe_model *whole)
         CHECK(wi >= 0, "'%s' is not in the whole model", e->name);
         if (wi < 0) continue;
         const float *a = moei_param_data(&m->params, i), *b = moei_param_data(&whole->params, wi);
-        double d2 = 0.0, r2 = 0.0;
-        for (int64_t j = 0; j < e->numel; j++) {
-            int64_t rem = j, f = 0, stride = 1;
-            for (int32_t d = e->ndim - 1; d >= 0; d--) {
-                f += (e->start[d] + rem % e->shape[d]) * stride;
-                rem /= e->shape[d];
-                stride *= e->full_shape[d];
-            }
-            d2 += ((double)a[j] - b[f]) * ((double)a[j] - b[f]);
-            r2 += (double)b[f] * b[f];
-        }
-        double x = sqrt(d2 / (r2 > 0 ? r2 : 1));
+        double x = eq_slice_rel(e, a, b);
         if (x > worst) worst = x;
     }
     return worst;

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "mpi/equiv_util.h"
 #include "mpi/mpi_harness.h"
 #include "nn/model.h"
 #include "optim/optimizer.h"
@@ -42,25 +43,6 @@ static void global_micro(int64_t g, int32_t *tok, int32_t *tgt)
 }
 
 static double rel(double a, double b) { return fabs(a - b) / (fabs(b) > 1e-12 ? fabs(b) : 1.0); }
-
-/* Relative distance of this rank's slice `a` of tensor e from the same slice of the whole tensor b. */
-static double slice_rel(const moei_param *e, const float *a, const float *b)
-{
-    double d2 = 0.0, r2 = 0.0;
-    int64_t idx[MOE_TENSOR_MAX_DIMS] = {0};
-    for (int64_t j = 0; j < e->numel; j++) {
-        int64_t off = 0;
-        for (int32_t k = 0; k < e->ndim; k++) off = off * e->full_shape[k] + e->start[k] + idx[k];
-        double x = a[j], y = b[off];
-        d2 += (x - y) * (x - y);
-        r2 += y * y;
-        for (int32_t k = e->ndim - 1; k >= 0; k--) { /* next local index, last dimension fastest */
-            if (++idx[k] < e->shape[k]) break;
-            idx[k] = 0;
-        }
-    }
-    return sqrt(d2 / (r2 > 0 ? r2 : 1));
-}
 
 static void run_mesh(int32_t dp, int32_t ep, int32_t etp, uint32_t zero)
 {
@@ -168,7 +150,7 @@ static void run_mesh(int32_t dp, int32_t ep, int32_t etp, uint32_t zero)
     for (int32_t i = 0; i < p->count; i++) {
         const moei_param *e = &p->entries[i];
         CHECK(strcmp(e->name, rp->entries[i].name) == 0, "parameter order differs at %d", (int)i);
-        double r = slice_rel(e, moei_param_data(p, i), moei_param_data(rp, i));
+        double r = eq_slice_rel(e, moei_param_data(p, i), moei_param_data(rp, i));
         if (r > worst_param) worst_param = r;
         CHECK(r < 1e-5, "dp%d ep%d etp%d: %s differs by %.3g relative", dp, ep, etp, e->name, r);
         /* shard formula: experts split over ep·etp (w1/w3 along dim 1, w2 along dim 2), the rest whole */

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "mpi/equiv_util.h"
 #include "mpi/mpi_harness.h"
 #include "nn/model.h"
 #include "optim/optimizer.h"
@@ -142,15 +143,8 @@ static void run_mesh(int32_t dp, int32_t ep, float capacity)
     for (int32_t i = 0; i < p->count; i++) {
         const moei_param *e = &p->entries[i], *re = &rp->entries[i];
         CHECK(strcmp(e->name, re->name) == 0, "parameter order differs at %d", (int)i);
-        int64_t row = e->shape[0] > 0 ? e->numel / e->shape[0] : 0;
-        const float *a = moei_param_data(p, i), *b = moei_param_data(rp, i) + e->shard_start * row;
-        double d2 = 0.0, r2 = 0.0;
-        for (int64_t j = 0; j < e->numel; j++) {
-            d2 += ((double)a[j] - b[j]) * ((double)a[j] - b[j]);
-            r2 += (double)b[j] * b[j];
-        }
-        CHECK(sqrt(d2 / (r2 > 0 ? r2 : 1)) < 1e-5, "dp%d ep%d: %s differs by %.3g relative", dp, ep, e->name,
-              sqrt(d2 / (r2 > 0 ? r2 : 1)));
+        double x = eq_slice_rel(e, moei_param_data(p, i), moei_param_data(rp, i));
+        CHECK(x < 1e-5, "dp%d ep%d: %s differs by %.3g relative", dp, ep, e->name, x);
         /* shard formula: experts split over ep, everything else whole */
         int64_t full = 1;
         for (int32_t d = 0; d < e->ndim; d++) full *= e->full_shape[d];

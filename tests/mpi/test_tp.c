@@ -135,15 +135,7 @@ static int64_t expected_numel(const tcase *t, const moei_param *e, int32_t tp_ra
 /* Copy the slice this entry describes out of the reference's whole tensor. */
 static void ref_slice(const moei_param *e, const float *full, float *out)
 {
-    for (int64_t j = 0; j < e->numel; j++) {
-        int64_t rem = j, off = 0, stride = 1;
-        for (int32_t k = e->ndim - 1; k >= 0; k--) {
-            off += (e->start[k] + rem % e->shape[k]) * stride;
-            rem /= e->shape[k];
-            stride *= e->full_shape[k];
-        }
-        out[j] = full[off];
-    }
+    for (int64_t j = 0; j < e->numel; j++) out[j] = full[moei_param_full_index(e, j)];
 }
 
 static void run_case(const tcase *t)

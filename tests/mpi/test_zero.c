@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "mpi/equiv_util.h"
 #include "mpi/mpi_harness.h"
 #include "nn/model.h"
 #include "optim/optimizer.h"
@@ -107,20 +108,7 @@ static int64_t chunk_formula(const moe_model *m, int32_t dp, int32_t ep)
  * whole-model tensor. */
 static double param_rel(const moei_params *p, const moei_params *rp, int32_t i)
 {
-    const moei_param *e = &p->entries[i];
-    const float *a = moei_param_data(p, i), *b = moei_param_data(rp, i);
-    double d2 = 0.0, r2 = 0.0;
-    for (int64_t j = 0; j < e->numel; j++) {
-        int64_t rem = j, f = 0, stride = 1;
-        for (int32_t d = e->ndim - 1; d >= 0; d--) {
-            f += (e->start[d] + rem % e->shape[d]) * stride;
-            rem /= e->shape[d];
-            stride *= e->full_shape[d];
-        }
-        d2 += ((double)a[j] - b[f]) * ((double)a[j] - b[f]);
-        r2 += (double)b[f] * b[f];
-    }
-    return sqrt(d2 / (r2 > 0 ? r2 : 1));
+    return eq_slice_rel(&p->entries[i], moei_param_data(p, i), moei_param_data(rp, i));
 }
 
 static void equivalence(int32_t tp, int32_t dp, int32_t ep, int32_t type)
