@@ -2,7 +2,11 @@
  * forward and the dq pass take (batch, head, query block), the dk/dv pass takes (batch, kv head, key
  * block) and loops over the query heads of its group in a fixed order. Each item runs on one thread
  * with single-threaded BLAS and a fixed operation order, so results do not depend on which thread
- * or how many threads ran it. Block products go to cblas_sgemm; masking and softmax are plain loops. */
+ * or how many threads ran it. Block products go to cblas_sgemm; masking and softmax are plain loops.
+ * The backward normally runs fused: the dk/dv pass also stores each block of dS = P (dP - delta),
+ * and the dq pass only multiplies those stored blocks by K (5 block products per block pair instead
+ * of 7, one exp instead of two). It does the same products in the same order as the unfused
+ * two-pass form, which remains for sequences whose dS store would not fit a bounded budget. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -18,6 +22,9 @@
  * online softmax; rounded to whole cache lines. */
 #define SLOT_FLOATS ((2 * BQ * BK + 2 * BQ + 15) / 16 * 16)
 #define WS_ALIGN 64
+/* Largest dS store of the fused backward, in floats (64 MiB): heads are processed in chunks that
+ * fit it; when a single head's blocks do not, the backward recomputes instead (two-pass form). */
+#define DS_STORE_CAP ((int64_t)16 * 1024 * 1024)
 
 typedef struct attn_args {
     int64_t B, T, H, Hkv, D, rep; /* rep = H / Hkv query heads per kv head */
@@ -25,6 +32,9 @@ typedef struct attn_args {
     const float *alibi;
     const float *q, *k, *v, *out, *lse, *dout, *delta;
     float *o, *lse_out, *dq, *dk, *dv;
+    /* fused backward: dS blocks of the flattened heads [f0, f0 + chunk), ntri blocks per head */
+    float *ds;
+    int64_t ntri;
 } attn_args;
 
 static size_t round_floats(size_t n) { return (n + 15) / 16 * 16; }
@@ -86,11 +96,11 @@ static void fwd_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64
             add_alibi(row, nv, slope, i, j0);
             float mx = m[r];
             for (int64_t c = 0; c < nv; c++) mx = row[c] > mx ? row[c] : mx;
+            /* Exponentials first, sum after: in one loop the running sum lives on the stack across
+             * the expf calls and its store-to-load chain slows every element. */
+            for (int64_t c = 0; c < nv; c++) row[c] = expf(row[c] - mx);
             float sum = 0.0f;
-            for (int64_t c = 0; c < nv; c++) {
-                row[c] = expf(row[c] - mx);
-                sum += row[c];
-            }
+            for (int64_t c = 0; c < nv; c++) sum += row[c];
             for (int64_t c = nv; c < nk; c++) row[c] = 0.0f;
             if (mx != m[r]) { /* rescale what was accumulated under the old maximum */
                 float corr = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
@@ -183,6 +193,89 @@ static void dkv_item(const attn_args *a, int64_t b, int64_t g, int64_t j0, int64
     }
 }
 
+/* ---- fused backward ----------------------------------------------------------------------------- */
+
+/* Flattened head f = b * H + h of the chunk that starts at f0: its block pair (query block qb, key
+ * block kb <= qb) lives at this offset of the dS store (BQ x BK blocks, lower triangle by rows). */
+static float *ds_block(const attn_args *a, int64_t f0, int64_t f, int64_t qb, int64_t kb)
+{
+    return a->ds + ((f - f0) * a->ntri + qb * (qb + 1) / 2 + kb) * (int64_t)(BQ * BK);
+}
+
+/* dk, dv for one (batch, kv head, key block) over query heads [h0, h1) of the group, like dkv_item,
+ * and stores each block's dS for the dq pass. zero: clear dk, dv first (the first chunk of
+ * heads of this group); otherwise they hold the earlier heads' sums and this adds to them in the
+ * same order the unchunked loop would. */
+static void dkv_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t g, int64_t kb, int64_t h0, int64_t h1,
+                           int zero, float *slot)
+{
+    const int64_t D = a->D, ldq = a->H * D, ldk = a->Hkv * D, T = a->T, j0 = kb * BK;
+    const int64_t nk = (T - j0 < BK ? T - j0 : BK);
+    const int64_t koff = ((b * T + j0) * a->Hkv + g) * D;
+    const float *kbp = a->k + koff, *vb = a->v + koff;
+    float *dkb = a->dk + koff, *dvb = a->dv + koff;
+    float *S = slot;
+
+    if (zero)
+        for (int64_t c = 0; c < nk; c++) {
+            memset(dkb + c * ldk, 0, (size_t)D * sizeof(float));
+            memset(dvb + c * ldk, 0, (size_t)D * sizeof(float));
+        }
+    for (int64_t h = h0; h < h1; h++) {
+        const float slope = a->alibi ? a->alibi[h] : 0.0f;
+        for (int64_t i0 = j0 / BQ * BQ; i0 < T; i0 += BQ) {
+            int64_t nq = (T - i0 < BQ ? T - i0 : BQ);
+            const int64_t qoff = ((b * T + i0) * a->H + h) * D, soff = (b * a->H + h) * T + i0;
+            const float *qb = a->q + qoff, *dob = a->dout + qoff;
+            /* dP is computed straight into the store: it becomes dS there, and the dq pass reads it */
+            float *dP = ds_block(a, f0, b * a->H + h, i0 / BQ, kb);
+            sgemm(0, 1, nq, nk, D, a->scale, qb, ldq, kbp, ldk, 0.0f, S, BK);
+            sgemm(0, 1, nq, nk, D, 1.0f, dob, ldq, vb, ldk, 0.0f, dP, BK);
+            for (int64_t r = 0; r < nq; r++) {
+                int64_t i = i0 + r, nv = valid(i, j0, nk);
+                float *row = S + r * BK, *dprow = dP + r * BK;
+                float lse = a->lse[soff + r], delta = a->delta[soff + r];
+                add_alibi(row, nv, slope, i, j0);
+                for (int64_t c = 0; c < nv; c++) {
+                    float p = expf(row[c] - lse);
+                    row[c] = p;
+                    dprow[c] = p * (dprow[c] - delta);
+                }
+                for (int64_t c = nv; c < nk; c++) row[c] = dprow[c] = 0.0f;
+            }
+            sgemm(1, 0, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
+            sgemm(1, 0, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
+        }
+    }
+}
+
+/* dq for one (batch, head, query block) from the stored dS blocks, key blocks in order: the same
+ * products, with the same operands, that dq_item does after recomputing them. */
+static void dq_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t h, int64_t qb)
+{
+    const int64_t D = a->D, ldq = a->H * D, ldk = a->Hkv * D, g = h / a->rep, T = a->T, i0 = qb * BQ;
+    const int64_t i1 = i0 + BQ < T ? i0 + BQ : T, nq = i1 - i0;
+    const float *kb = a->k + (b * T * a->Hkv + g) * D;
+    float *dqb = a->dq + ((b * T + i0) * a->H + h) * D;
+
+    for (int64_t r = 0; r < nq; r++) memset(dqb + r * ldq, 0, (size_t)D * sizeof(float));
+    for (int64_t j0 = 0; j0 < i1; j0 += BK) {
+        int64_t nk = (i1 - j0 < BK ? i1 - j0 : BK);
+        sgemm(0, 0, nq, D, nk, a->scale, ds_block(a, f0, b * a->H + h, qb, j0 / BK), BK, kb + j0 * ldk, ldk, 1.0f, dqb,
+              ldq);
+    }
+}
+
+/* Flattened heads per chunk of the fused backward's dS store (0: one head does not fit the cap). */
+static int64_t ds_chunk_heads(int64_t B, int64_t T, int64_t H, int64_t *ntri)
+{
+    int64_t nqb = (T + BQ - 1) / BQ;
+    *ntri = nqb * (nqb + 1) / 2;
+    if (B * H == 0 || *ntri == 0 || *ntri > DS_STORE_CAP / (BQ * BK)) return 0;
+    int64_t per_head = *ntri * BQ * BK, n = DS_STORE_CAP / per_head;
+    return n < B * H ? n : B * H;
+}
+
 /* ---- argument checks and workspace ------------------------------------------------------------ */
 
 static moe_status check_common(moe_ctx *ctx, const char *fn, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
@@ -224,29 +317,40 @@ moe_status moei_attention_workspace_size(moe_ctx *ctx, int64_t batch, int64_t se
     if (!bytes) return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: argument 'bytes' is NULL", fn);
     if (seq > 0 && batch > (int64_t)(SIZE_MAX / 8) / seq / heads)
         return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: arguments 'batch' x 'seq' x 'heads' overflow", fn);
-    int64_t nthr = threads > 0 ? threads : omp_get_max_threads();
+    int64_t nthr = threads > 0 ? threads : omp_get_max_threads(), ntri;
     size_t rows = round_floats((size_t)(batch * seq * heads));
-    *bytes = WS_ALIGN + (rows + (size_t)nthr * SLOT_FLOATS) * sizeof(float);
+    size_t store = (size_t)(ds_chunk_heads(batch, seq, heads, &ntri) * ntri * BQ * BK);
+    *bytes = WS_ALIGN + (rows + store + (size_t)nthr * SLOT_FLOATS) * sizeof(float);
     return MOE_OK;
 }
 
-/* Carve the workspace: an optional [B, H, T] part first, then as many thread slots as fit. */
-static moe_status carve(moe_ctx *ctx, const char *fn, void *ws, size_t ws_bytes, size_t rows, float **rows_out,
-                        float **slots, int *nslots)
+/* Whether ws_bytes from ws hold `floats` floats after aligning the start (the backward asks this
+ * before it chooses the fused form, whose dS store the caller may not have sized for). */
+static int ws_fits(const void *ws, size_t ws_bytes, size_t floats)
+{
+    size_t skip = (size_t)((((uintptr_t)ws + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN) - (uintptr_t)ws);
+    return ws_bytes >= skip && (ws_bytes - skip) / sizeof(float) >= floats;
+}
+
+/* Carve the workspace: an optional [B, H, T] part first, then `extra` floats (the fused backward's
+ * dS store, a multiple of 16 floats; at *extra_out), then as many thread slots as fit. */
+static moe_status carve(moe_ctx *ctx, const char *fn, void *ws, size_t ws_bytes, size_t rows, size_t extra,
+                        float **rows_out, float **extra_out, float **slots, int *nslots)
 {
     if (!ws) return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: argument 'ws' is NULL", fn);
     if ((uintptr_t)ws % sizeof(float) != 0)
         return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: argument 'ws' is not float-aligned", fn);
     uintptr_t base = ((uintptr_t)ws + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
     size_t skip = (size_t)(base - (uintptr_t)ws);
-    size_t need1 = (round_floats(rows) + SLOT_FLOATS) * sizeof(float);
+    size_t need1 = (round_floats(rows) + extra + SLOT_FLOATS) * sizeof(float);
     if (ws_bytes < skip || ws_bytes - skip < need1)
         return moei_fail(ctx, MOE_ERR_INVALID_ARG, "%s: argument 'ws_bytes' (%zu) is below the %zu bytes one thread needs",
                          fn, ws_bytes, skip + need1);
     float *f = (float *)base;
     *rows_out = f;
-    *slots = f + round_floats(rows);
-    size_t n = (ws_bytes - skip) / sizeof(float) - round_floats(rows);
+    *extra_out = extra ? f + round_floats(rows) : NULL;
+    *slots = f + round_floats(rows) + extra;
+    size_t n = (ws_bytes - skip) / sizeof(float) - round_floats(rows) - extra;
     size_t k = n / SLOT_FLOATS;
     *nslots = k > 4096 ? 4096 : (int)k;
     return MOE_OK;
@@ -277,9 +381,9 @@ moe_status moei_attention_fwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t 
     CHECK_PTR(k);
     CHECK_PTR(v);
     CHECK_PTR(out);
-    float *unused, *slots;
+    float *unused, *unused2, *slots;
     int nslots;
-    st = carve(ctx, fn, ws, ws_bytes, 0, &unused, &slots, &nslots);
+    st = carve(ctx, fn, ws, ws_bytes, 0, 0, &unused, &unused2, &slots, &nslots);
     if (st != MOE_OK) return st;
 
     attn_args a = {.B = batch, .T = seq, .H = heads, .Hkv = kv_heads, .D = head_dim, .rep = heads / kv_heads,
@@ -320,15 +424,20 @@ moe_status moei_attention_bwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t 
     CHECK_PTR(dq);
     CHECK_PTR(dk);
     CHECK_PTR(dv);
-    float *delta, *slots;
+    /* The fused form needs the dS store; without room for it (a workspace sized for fewer floats, or
+     * sequences too long for the cap) the two-pass form recomputes instead, with the same results. */
+    int64_t ntri, chunk = ds_chunk_heads(batch, seq, heads, &ntri);
+    size_t nrows = (size_t)(batch * seq * heads), store = (size_t)(chunk * ntri * BQ * BK);
+    if (store > 0 && !ws_fits(ws, ws_bytes, round_floats(nrows) + store + SLOT_FLOATS)) store = 0;
+    float *delta, *ds, *slots;
     int nslots;
-    st = carve(ctx, fn, ws, ws_bytes, (size_t)(batch * seq * heads), &delta, &slots, &nslots);
+    st = carve(ctx, fn, ws, ws_bytes, nrows, store, &delta, &ds, &slots, &nslots);
     if (st != MOE_OK) return st;
 
     attn_args a = {.B = batch, .T = seq, .H = heads, .Hkv = kv_heads, .D = head_dim, .rep = heads / kv_heads,
                    .scale = scale > 0.0f ? scale : (float)(1.0 / sqrt((double)head_dim)), .alibi = alibi,
                    .q = q, .k = k, .v = v, .out = out, .lse = lse, .dout = dout, .delta = delta,
-                   .dq = dq, .dk = dk, .dv = dv};
+                   .dq = dq, .dk = dk, .dv = dv, .ds = ds, .ntri = ntri};
     const int64_t nqb = (seq + BQ - 1) / BQ, nkb = (seq + BK - 1) / BK, bh = batch * heads, bg = batch * kv_heads;
     const int64_t rows = batch * seq, dq_items = nqb * bh, dkv_items = nkb * bg;
     const int nthr = team_size(nslots, dq_items > rows ? dq_items : rows);
@@ -348,18 +457,42 @@ moe_status moei_attention_bwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t 
             }
         }
         /* (the implicit barrier makes delta complete before either pass reads it) */
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t it = 0; it < dq_items; it++) {
-            int64_t qb = nqb - 1 - it / bh, b = (it % bh) / heads, h = it % heads;
-            int64_t i0 = qb * BQ, i1 = i0 + BQ < seq ? i0 + BQ : seq;
-            dq_item(&a, b, h, i0, i1, slot);
-        }
-        /* Early key blocks are seen by the most queries: they come first. */
+        const int64_t rep = heads / kv_heads, fh = batch * heads;
+        /* Fused: chunks of flattened heads f = b * heads + h in order. Flattened kv head fg = f / rep
+         * holds heads [fg * rep, fg * rep + rep); a group cut by a chunk edge adds its later heads to
+         * dk, dv in the next chunk, the order the unchunked loop uses. */
+        for (int64_t f0 = 0; ds && f0 < fh; f0 += chunk) {
+            const int64_t f1 = f0 + chunk < fh ? f0 + chunk : fh, fg0 = f0 / rep, ng = (f1 - 1) / rep + 1 - fg0;
+            /* Early key blocks are seen by the most queries: they come first. */
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < dkv_items; it++) {
-            int64_t kb = it / bg, b = (it % bg) / kv_heads, g = it % kv_heads;
-            int64_t j0 = kb * BK, j1 = j0 + BK < seq ? j0 + BK : seq;
-            dkv_item(&a, b, g, j0, j1, slot);
+            for (int64_t it = 0; it < nkb * ng; it++) {
+                int64_t kb = it / ng, fg = fg0 + it % ng, b = fg / kv_heads, g = fg % kv_heads;
+                int64_t h0 = g * rep, h1 = h0 + rep;
+                if (h0 < f0 - b * heads) h0 = f0 - b * heads;
+                if (h1 > f1 - b * heads) h1 = f1 - b * heads;
+                dkv_fused_item(&a, f0, b, g, kb, h0, h1, h0 == g * rep, slot);
+            }
+            /* (barrier: every dS block of the chunk is stored) Late query blocks cost the most. */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < (f1 - f0) * nqb; it++) {
+                int64_t qb = nqb - 1 - it / (f1 - f0), f = f0 + it % (f1 - f0);
+                dq_fused_item(&a, f0, f / heads, f % heads, qb);
+            }
+        }
+        if (!ds) { /* two-pass form: each pass recomputes S and dP */
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t it = 0; it < dq_items; it++) {
+                int64_t qb = nqb - 1 - it / bh, b = (it % bh) / heads, h = it % heads;
+                int64_t i0 = qb * BQ, i1 = i0 + BQ < seq ? i0 + BQ : seq;
+                dq_item(&a, b, h, i0, i1, slot);
+            }
+            /* Early key blocks are seen by the most queries: they come first. */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < dkv_items; it++) {
+                int64_t kb = it / bg, b = (it % bg) / kv_heads, g = it % kv_heads;
+                int64_t j0 = kb * BK, j1 = j0 + BK < seq ? j0 + BK : seq;
+                dkv_item(&a, b, g, j0, j1, slot);
+            }
         }
     }
     return MOE_OK;

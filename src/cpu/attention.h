@@ -45,7 +45,8 @@ moe_status moei_attention_fwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t 
  * dout [batch, seq, heads, head_dim]. dq [like q], dk and dv [like k] are overwritten (not
  * accumulated); dk and dv sum over the query heads that share a kv head. No output may overlap an
  * input. ws: moei_attention_workspace_size(...) bytes (it holds rowsum(dout * out) [batch, heads,
- * seq] plus per-thread scratch). */
+ * seq], a bounded store of score-gradient blocks that spares recomputing them, and per-thread
+ * scratch; with less room for the store the backward recomputes, with identical results). */
 moe_status moei_attention_bwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t heads, int64_t kv_heads,
                               int64_t head_dim, float scale, const float *alibi, const float *q, const float *k,
                               const float *v, const float *out, const float *lse, const float *dout, float *dq,

@@ -240,6 +240,55 @@ static void test_thread_determinism(void **state)
     free(out), free(ref_out), free(lse), free(ws), free(q), free(k), free(v), free(dout);
 }
 
+/* The backward has two forms: one pass that stores the dS blocks (when the workspace holds that
+ * store) and the two-pass form without it. They do the same products in the same order, so a
+ * workspace just too small for the store must give the same bits as a full one. */
+static void test_backward_without_ds_store(void **state)
+{
+    (void)state;
+    const int64_t B = 1, T = 140, H = 4, Hkv = 2, D = 8;
+    size_t nq = (size_t)(B * T * H * D), nk = (size_t)(B * T * Hkv * D), nl = (size_t)(B * H * T);
+    ref_rng r;
+    ref_rng_seed(&r, 91);
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *dout = malloc(nq * 4);
+    ref_fill(&r, q, nq, 1.5f);
+    ref_fill(&r, k, nk, 1.5f);
+    ref_fill(&r, v, nk, 1.0f);
+    ref_fill(&r, dout, nq, 1.0f);
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    size_t full = 0;
+    void *ws = make_ws(B, T, H, 1, &full);
+    float *out = nan_buf(nq), *lse = nan_buf(nl), *g[2][3];
+    assert_int_equal(moei_attention_fwd(g_ctx, B, T, H, Hkv, D, 0.0f, NULL, q, k, v, out, lse, ws, full), MOE_OK);
+    /* the smallest workspace the backward accepts on one thread cannot hold the dS store */
+    size_t lo = 0, hi = full;
+    while (lo + 1 < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        float *a = nan_buf(nq), *b2 = nan_buf(nk), *c = nan_buf(nk);
+        moe_status st = moei_attention_bwd(g_ctx, B, T, H, Hkv, D, 0.0f, NULL, q, k, v, out, lse, dout, a, b2, c, ws, mid);
+        free(a), free(b2), free(c);
+        if (st == MOE_OK)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    assert_true(hi < full); /* the store needs room: a smaller workspace exists that still works */
+    const size_t sizes[2] = {hi, full};
+    for (int run = 0; run < 2; run++) {
+        g[run][0] = nan_buf(nq), g[run][1] = nan_buf(nk), g[run][2] = nan_buf(nk);
+        assert_int_equal(moei_attention_bwd(g_ctx, B, T, H, Hkv, D, 0.0f, NULL, q, k, v, out, lse, dout, g[run][0],
+                                            g[run][1], g[run][2], ws, sizes[run]),
+                         MOE_OK);
+    }
+    assert_memory_equal(g[0][0], g[1][0], nq * 4);
+    assert_memory_equal(g[0][1], g[1][1], nk * 4);
+    assert_memory_equal(g[0][2], g[1][2], nk * 4);
+    omp_set_num_threads(saved);
+    for (int run = 0; run < 2; run++) free(g[run][0]), free(g[run][1]), free(g[run][2]);
+    free(out), free(lse), free(ws), free(q), free(k), free(v), free(dout);
+}
+
 static void expect_invalid(moe_status st, const char *needle)
 {
     if (st != MOE_ERR_INVALID_ARG) fail_msg("status %d where MOE_ERR_INVALID_ARG naming %s was due", (int)st, needle);
@@ -325,7 +374,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_shapes_full_fd), cmocka_unit_test(test_multi_block_shapes),
         cmocka_unit_test(test_peaked_scores),        cmocka_unit_test(test_thread_determinism),
-        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_bad_arguments),        cmocka_unit_test(test_backward_without_ds_store),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
