@@ -2,7 +2,10 @@
  * forward and the dq pass take (batch, head, query block), the dk/dv pass takes (batch, kv head, key
  * block) and loops over the query heads of its group in a fixed order. Each item runs on one thread
  * with single-threaded BLAS and a fixed operation order, so results do not depend on which thread
- * or how many threads ran it. Block products go to cblas_sgemm; masking and softmax are plain loops.
+ * or how many threads ran it. Block products (64 x 64 x head_dim: too small for BLAS packing to pay)
+ * go to a register-blocked AVX2/FMA kernel when the CPU has it (chosen at run time, the build has no
+ * -march flags), else to cblas_sgemm; the softmax's exp, row max and row sum are vectorised on the
+ * same condition. Either way each machine has one fixed operation order. Masking is a plain loop.
  * The backward normally runs fused: the dk/dv pass also stores each block of dS = P (dP - delta),
  * and the dq pass only multiplies those stored blocks by K (5 block products per block pair instead
  * of 7, one exp instead of two). It does the same products in the same order as the unfused
@@ -15,6 +18,11 @@
 
 #include "core/error.h"
 #include "cpu/attention.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define ATTN_X86 1
+#include <immintrin.h>
+#endif
 
 #define BQ MOEI_ATTN_BLOCK_Q
 #define BK MOEI_ATTN_BLOCK_K
@@ -35,6 +43,7 @@ typedef struct attn_args {
     /* fused backward: dS blocks of the flattened heads [f0, f0 + chunk), ntri blocks per head */
     float *ds;
     int64_t ntri;
+    int simd; /* the AVX2/FMA block kernel may run (checked once per call) */
 } attn_args;
 
 static size_t round_floats(size_t n) { return (n + 15) / 16 * 16; }
@@ -48,6 +57,212 @@ static void sgemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, 
         for (int64_t i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
                 alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+/* ---- block products ---------------------------------------------------------------------------- */
+
+/* Largest head_dim whose transposed K / V block the kernel path keeps on the stack. */
+#define PACK_MAX_D 64
+
+#ifdef ATTN_X86
+#define AVX2_FMA __attribute__((target("avx2,fma")))
+
+static int cpu_has_avx2_fma(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* Rows [0, mr) x columns [0, 16) of C = (acc ? C : 0) + alpha * sum_p A(i, p) B(p, j), with
+ * A(i, p) = a[i * rsa + p * csa] and B row-major. p runs in order and each element keeps its own
+ * accumulator, so the result depends only on the operands. !full: columns past the masks are
+ * neither read nor written. */
+static inline __attribute__((always_inline)) AVX2_FMA void ukr(const int mr, const int full, int64_t k, float alpha,
+                                                              const float *a, int64_t rsa, int64_t csa,
+                                                              const float *b, int64_t ldb, int acc, float *c,
+                                                              int64_t ldc, __m256i m0, __m256i m1)
+{
+    /* Named accumulators (not an array) so that every one stays in a register; mr is a constant at
+     * each call site, so the row conditions fold away. */
+    __m256 x0 = _mm256_setzero_ps(), y0 = x0, x1 = x0, y1 = x0, x2 = x0, y2 = x0, x3 = x0, y3 = x0, x4 = x0,
+           y4 = x0, x5 = x0, y5 = x0;
+    for (int64_t p = 0; p < k; p++) {
+        const float *bp = b + p * ldb, *ap = a + p * csa;
+        const __m256 b0 = full ? _mm256_loadu_ps(bp) : _mm256_maskload_ps(bp, m0);
+        const __m256 b1 = full ? _mm256_loadu_ps(bp + 8) : _mm256_maskload_ps(bp + 8, m1);
+        __m256 t;
+#define UKR_FMA(i)                                                                                                    \
+    if (mr > i) {                                                                                                     \
+        t = _mm256_broadcast_ss(ap + i * rsa);                                                                        \
+        x##i = _mm256_fmadd_ps(t, b0, x##i);                                                                          \
+        y##i = _mm256_fmadd_ps(t, b1, y##i);                                                                          \
+    }
+        UKR_FMA(0) UKR_FMA(1) UKR_FMA(2) UKR_FMA(3) UKR_FMA(4) UKR_FMA(5)
+#undef UKR_FMA
+    }
+    const __m256 va = _mm256_set1_ps(alpha);
+#define UKR_STORE(i)                                                                                                  \
+    if (mr > i) {                                                                                                     \
+        float *ci = c + i * ldc;                                                                                      \
+        __m256 r0 = _mm256_mul_ps(va, x##i), r1 = _mm256_mul_ps(va, y##i);                                            \
+        if (full) {                                                                                                   \
+            if (acc) r0 = _mm256_add_ps(_mm256_loadu_ps(ci), r0), r1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), r1);    \
+            _mm256_storeu_ps(ci, r0);                                                                                 \
+            _mm256_storeu_ps(ci + 8, r1);                                                                             \
+        } else {                                                                                                      \
+            if (acc)                                                                                                  \
+                r0 = _mm256_add_ps(_mm256_maskload_ps(ci, m0), r0),                                                   \
+                r1 = _mm256_add_ps(_mm256_maskload_ps(ci + 8, m1), r1);                                               \
+            _mm256_maskstore_ps(ci, m0, r0);                                                                          \
+            _mm256_maskstore_ps(ci + 8, m1, r1);                                                                      \
+        }                                                                                                             \
+    }
+    UKR_STORE(0) UKR_STORE(1) UKR_STORE(2) UKR_STORE(3) UKR_STORE(4) UKR_STORE(5)
+#undef UKR_STORE
+}
+
+#define UKR_ROWS(full)                                                                                                \
+    switch (mr) {                                                                                                     \
+    case 6: ukr(6, full, k, alpha, ai, rsa, csa, b + j, ldb, acc, ci, ldc, m0, m1); break;                            \
+    case 5: ukr(5, full, k, alpha, ai, rsa, csa, b + j, ldb, acc, ci, ldc, m0, m1); break;                            \
+    case 4: ukr(4, full, k, alpha, ai, rsa, csa, b + j, ldb, acc, ci, ldc, m0, m1); break;                            \
+    case 3: ukr(3, full, k, alpha, ai, rsa, csa, b + j, ldb, acc, ci, ldc, m0, m1); break;                            \
+    case 2: ukr(2, full, k, alpha, ai, rsa, csa, b + j, ldb, acc, ci, ldc, m0, m1); break;                            \
+    default: ukr(1, full, k, alpha, ai, rsa, csa, b + j, ldb, acc, ci, ldc, m0, m1); break;                           \
+    }
+
+/* C [m, n] = (acc ? C : 0) + alpha * A B over k, A(i, p) = a[i * rsa + p * csa] (rsa = lda, csa = 1:
+ * A as stored; rsa = 1, csa = lda: its transpose), B [k, n] row-major. Tiles of 6 rows x 16 columns. */
+static AVX2_FMA void gemm_avx2(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rsa,
+                               int64_t csa, const float *b, int64_t ldb, int acc, float *c, int64_t ldc)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t j = 0; j < n; j += 16) {
+        const int64_t rem = n - j;
+        const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(rem < 16 ? rem : 16)), lane);
+        const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(rem < 16 ? rem : 16) - 8), lane);
+        for (int64_t i = 0; i < m; i += 6) {
+            const int mr = (int)(m - i < 6 ? m - i : 6);
+            const float *ai = a + i * rsa;
+            float *ci = c + i * ldc + j;
+            if (rem >= 16) {
+                UKR_ROWS(1)
+            } else {
+                UKR_ROWS(0)
+            }
+        }
+    }
+}
+
+/* exp of 8 lanes (Cephes-style: 2^n split by Cody-Waite, degree-6 polynomial; within ~2 ulp of expf
+ * on the range used here, x <= 0). Below the smallest normal result it gives 0; NaN stays NaN. */
+static inline __attribute__((always_inline)) AVX2_FMA __m256 exp8(__m256 x)
+{
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, _mm256_min_ps(hi, x)); /* (this operand order keeps a NaN x) */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* x[c] = exp(x[c] - s) for c < n; every lane goes through exp8, the tail under a mask. */
+static AVX2_FMA void exp_sub_avx2(float *x, int64_t n, float s)
+{
+    const __m256 vs = _mm256_set1_ps(s);
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) _mm256_storeu_ps(x + c, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + c), vs)));
+    if (c < n) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - c)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(x + c, m, exp8(_mm256_sub_ps(_mm256_maskload_ps(x + c, m), vs)));
+    }
+}
+
+/* max(init, x[0..n)) and, separately, the sum of x[0..n) in 8 lane sums folded in a fixed order. */
+static AVX2_FMA float max_avx2(const float *x, int64_t n, float init)
+{
+    __m256 m = _mm256_set1_ps(init);
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
+    float t[8], r = init;
+    _mm256_storeu_ps(t, m);
+    for (int i = 0; i < 8; i++) r = t[i] > r ? t[i] : r;
+    for (; c < n; c++) r = x[c] > r ? x[c] : r;
+    return r;
+}
+
+static AVX2_FMA float sum_avx2(const float *x, int64_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + c));
+    float t[8], r = 0.0f;
+    _mm256_storeu_ps(t, acc);
+    for (int i = 0; i < 8; i++) r += t[i];
+    for (; c < n; c++) r += x[c];
+    return r;
+}
+#else
+static int cpu_has_avx2_fma(void) { return 0; }
+#endif
+
+/* x[c] = exp(x[c] - s) for c < n, the one exponential every pass uses for probabilities. */
+static void exp_sub(const attn_args *at, float *x, int64_t n, float s)
+{
+#ifdef ATTN_X86
+    if (at->simd) {
+        exp_sub_avx2(x, n, s);
+        return;
+    }
+#else
+    (void)at;
+#endif
+    for (int64_t c = 0; c < n; c++) x[c] = expf(x[c] - s);
+}
+
+/* C = alpha * op(A) B + beta * C for B [k, n] row-major, beta 0 or 1 (op(A) = A^T when ta). */
+static void mm(const attn_args *at, int ta, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+               int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+#ifdef ATTN_X86
+    if (at->simd) {
+        gemm_avx2(m, n, k, alpha, a, ta ? 1 : lda, ta ? lda : 1, b, ldb, beta != 0.0f, c, ldc);
+        return;
+    }
+#else
+    (void)at;
+#endif
+    sgemm(ta, 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* For the kernel path: the [nk, D] block src (rows ld apart) transposed into buf [D, BK], returned;
+ * NULL when the A B^T products go to cblas instead. */
+static const float *pack_t(const attn_args *at, float *buf, const float *src, int64_t ld, int64_t nk)
+{
+    if (!at->simd || at->D > PACK_MAX_D) return NULL;
+    for (int64_t j = 0; j < nk; j++)
+        for (int64_t d = 0; d < at->D; d++) buf[d * BK + j] = src[j * ld + d];
+    return buf;
+}
+
+/* C [m, n] = alpha * A B^T for B [n, k] (rows ldb apart), bt its pack_t form or NULL. */
+static void mm_nt(const attn_args *at, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                  const float *b, int64_t ldb, const float *bt, float *c, int64_t ldc)
+{
+    if (bt)
+        mm(at, 0, m, n, k, alpha, a, lda, bt, BK, 0.0f, c, ldc);
+    else
+        sgemm(0, 1, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
 /* Scores of a block already hold scale * q.k; add the ALiBi bias of query i and keys j0 + c. The
@@ -74,7 +289,7 @@ static void fwd_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64
     const float *kb = a->k + (b * a->T * a->Hkv + g) * D;
     const float *vb = a->v + (b * a->T * a->Hkv + g) * D;
     float *ob = a->o + ((b * a->T + i0) * a->H + h) * D;
-    float *S = slot, *m = slot + 2 * BQ * BK, *l = m + BQ;
+    float *S = slot, *kt = slot + BQ * BK, *m = slot + 2 * BQ * BK, *l = m + BQ;
     const float slope = a->alibi ? a->alibi[h] : 0.0f;
 
     for (int64_t r = 0; r < nq; r++) {
@@ -85,7 +300,7 @@ static void fwd_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64
     /* Key blocks past the last query of the block are masked for every row: stop at i1. */
     for (int64_t j0 = 0; j0 < i1; j0 += BK) {
         int64_t nk = (i1 - j0 < BK ? i1 - j0 : BK);
-        sgemm(0, 1, nq, nk, D, a->scale, qb, ldq, kb + j0 * ldk, ldk, 0.0f, S, BK);
+        mm_nt(a, nq, nk, D, a->scale, qb, ldq, kb + j0 * ldk, ldk, pack_t(a, kt, kb + j0 * ldk, ldk, nk), S, BK);
         for (int64_t r = 0; r < nq; r++) {
             int64_t i = i0 + r, nv = valid(i, j0, nk);
             float *row = S + r * BK;
@@ -94,13 +309,21 @@ static void fwd_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64
                 continue;
             }
             add_alibi(row, nv, slope, i, j0);
-            float mx = m[r];
-            for (int64_t c = 0; c < nv; c++) mx = row[c] > mx ? row[c] : mx;
-            /* Exponentials first, sum after: in one loop the running sum lives on the stack across
-             * the expf calls and its store-to-load chain slows every element. */
-            for (int64_t c = 0; c < nv; c++) row[c] = expf(row[c] - mx);
-            float sum = 0.0f;
-            for (int64_t c = 0; c < nv; c++) sum += row[c];
+            float mx = m[r], sum = 0.0f;
+#ifdef ATTN_X86
+            if (a->simd) {
+                mx = max_avx2(row, nv, mx);
+                exp_sub(a, row, nv, mx);
+                sum = sum_avx2(row, nv);
+            } else
+#endif
+            {
+                for (int64_t c = 0; c < nv; c++) mx = row[c] > mx ? row[c] : mx;
+                /* Exponentials first, sum after: in one loop the running sum lives on the stack
+                 * across the expf calls and its store-to-load chain slows every element. */
+                exp_sub(a, row, nv, mx);
+                for (int64_t c = 0; c < nv; c++) sum += row[c];
+            }
             for (int64_t c = nv; c < nk; c++) row[c] = 0.0f;
             if (mx != m[r]) { /* rescale what was accumulated under the old maximum */
                 float corr = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
@@ -111,7 +334,7 @@ static void fwd_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64
             }
             l[r] += sum;
         }
-        sgemm(0, 0, nq, D, nk, 1.0f, S, BK, vb + j0 * ldk, ldk, 1.0f, ob, ldq);
+        mm(a, 0, nq, D, nk, 1.0f, S, BK, vb + j0 * ldk, ldk, 1.0f, ob, ldq);
     }
     for (int64_t r = 0; r < nq; r++) {
         /* l >= 1: the row maximum contributes exp(0). */
@@ -133,22 +356,24 @@ static void dq_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_
     const float *vb = a->v + (b * a->T * a->Hkv + g) * D;
     float *dqb = a->dq + qoff;
     float *S = slot, *dP = slot + BQ * BK;
+    float kt[PACK_MAX_D * BK] __attribute__((aligned(64)));
     const float slope = a->alibi ? a->alibi[h] : 0.0f;
 
     for (int64_t r = 0; r < nq; r++) memset(dqb + r * ldq, 0, (size_t)D * sizeof(float));
     for (int64_t j0 = 0; j0 < i1; j0 += BK) {
         int64_t nk = (i1 - j0 < BK ? i1 - j0 : BK);
-        sgemm(0, 1, nq, nk, D, a->scale, qb, ldq, kb + j0 * ldk, ldk, 0.0f, S, BK);
-        sgemm(0, 1, nq, nk, D, 1.0f, dob, ldq, vb + j0 * ldk, ldk, 0.0f, dP, BK);
+        mm_nt(a, nq, nk, D, a->scale, qb, ldq, kb + j0 * ldk, ldk, pack_t(a, kt, kb + j0 * ldk, ldk, nk), S, BK);
+        mm_nt(a, nq, nk, D, 1.0f, dob, ldq, vb + j0 * ldk, ldk, pack_t(a, kt, vb + j0 * ldk, ldk, nk), dP, BK);
         for (int64_t r = 0; r < nq; r++) {
             int64_t i = i0 + r, nv = valid(i, j0, nk);
             float *row = S + r * BK, *dprow = dP + r * BK;
             float lse = a->lse[soff + r], delta = a->delta[soff + r];
             add_alibi(row, nv, slope, i, j0);
-            for (int64_t c = 0; c < nv; c++) row[c] = expf(row[c] - lse) * (dprow[c] - delta);
+            exp_sub(a, row, nv, lse);
+            for (int64_t c = 0; c < nv; c++) row[c] *= dprow[c] - delta;
             for (int64_t c = nv; c < nk; c++) row[c] = 0.0f;
         }
-        sgemm(0, 0, nq, D, nk, a->scale, S, BK, kb + j0 * ldk, ldk, 1.0f, dqb, ldq);
+        mm(a, 0, nq, D, nk, a->scale, S, BK, kb + j0 * ldk, ldk, 1.0f, dqb, ldq);
     }
 }
 
@@ -161,6 +386,8 @@ static void dkv_item(const attn_args *a, int64_t b, int64_t g, int64_t j0, int64
     const float *kb = a->k + koff, *vb = a->v + koff;
     float *dkb = a->dk + koff, *dvb = a->dv + koff;
     float *S = slot, *dP = slot + BQ * BK;
+    float ktb[PACK_MAX_D * BK] __attribute__((aligned(64))), vtb[PACK_MAX_D * BK] __attribute__((aligned(64)));
+    const float *kt = pack_t(a, ktb, kb, ldk, nk), *vt = pack_t(a, vtb, vb, ldk, nk);
 
     for (int64_t c = 0; c < nk; c++) {
         memset(dkb + c * ldk, 0, (size_t)D * sizeof(float));
@@ -173,22 +400,19 @@ static void dkv_item(const attn_args *a, int64_t b, int64_t g, int64_t j0, int64
             int64_t nq = (T - i0 < BQ ? T - i0 : BQ);
             const int64_t qoff = ((b * T + i0) * a->H + h) * D, soff = (b * a->H + h) * T + i0;
             const float *qb = a->q + qoff, *dob = a->dout + qoff;
-            sgemm(0, 1, nq, nk, D, a->scale, qb, ldq, kb, ldk, 0.0f, S, BK);
-            sgemm(0, 1, nq, nk, D, 1.0f, dob, ldq, vb, ldk, 0.0f, dP, BK);
+            mm_nt(a, nq, nk, D, a->scale, qb, ldq, kb, ldk, kt, S, BK);
+            mm_nt(a, nq, nk, D, 1.0f, dob, ldq, vb, ldk, vt, dP, BK);
             for (int64_t r = 0; r < nq; r++) {
                 int64_t i = i0 + r, nv = valid(i, j0, nk);
                 float *row = S + r * BK, *dprow = dP + r * BK;
                 float lse = a->lse[soff + r], delta = a->delta[soff + r];
                 add_alibi(row, nv, slope, i, j0);
-                for (int64_t c = 0; c < nv; c++) {
-                    float p = expf(row[c] - lse);
-                    row[c] = p;
-                    dprow[c] = p * (dprow[c] - delta);
-                }
+                exp_sub(a, row, nv, lse);
+                for (int64_t c = 0; c < nv; c++) dprow[c] = row[c] * (dprow[c] - delta);
                 for (int64_t c = nv; c < nk; c++) row[c] = dprow[c] = 0.0f;
             }
-            sgemm(1, 0, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
-            sgemm(1, 0, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
+            mm(a, 1, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
+            mm(a, 1, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
         }
     }
 }
@@ -215,6 +439,8 @@ static void dkv_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t g,
     const float *kbp = a->k + koff, *vb = a->v + koff;
     float *dkb = a->dk + koff, *dvb = a->dv + koff;
     float *S = slot;
+    float ktb[PACK_MAX_D * BK] __attribute__((aligned(64))), vtb[PACK_MAX_D * BK] __attribute__((aligned(64)));
+    const float *kt = pack_t(a, ktb, kbp, ldk, nk), *vt = pack_t(a, vtb, vb, ldk, nk);
 
     if (zero)
         for (int64_t c = 0; c < nk; c++) {
@@ -229,22 +455,19 @@ static void dkv_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t g,
             const float *qb = a->q + qoff, *dob = a->dout + qoff;
             /* dP is computed straight into the store: it becomes dS there, and the dq pass reads it */
             float *dP = ds_block(a, f0, b * a->H + h, i0 / BQ, kb);
-            sgemm(0, 1, nq, nk, D, a->scale, qb, ldq, kbp, ldk, 0.0f, S, BK);
-            sgemm(0, 1, nq, nk, D, 1.0f, dob, ldq, vb, ldk, 0.0f, dP, BK);
+            mm_nt(a, nq, nk, D, a->scale, qb, ldq, kbp, ldk, kt, S, BK);
+            mm_nt(a, nq, nk, D, 1.0f, dob, ldq, vb, ldk, vt, dP, BK);
             for (int64_t r = 0; r < nq; r++) {
                 int64_t i = i0 + r, nv = valid(i, j0, nk);
                 float *row = S + r * BK, *dprow = dP + r * BK;
                 float lse = a->lse[soff + r], delta = a->delta[soff + r];
                 add_alibi(row, nv, slope, i, j0);
-                for (int64_t c = 0; c < nv; c++) {
-                    float p = expf(row[c] - lse);
-                    row[c] = p;
-                    dprow[c] = p * (dprow[c] - delta);
-                }
+                exp_sub(a, row, nv, lse);
+                for (int64_t c = 0; c < nv; c++) dprow[c] = row[c] * (dprow[c] - delta);
                 for (int64_t c = nv; c < nk; c++) row[c] = dprow[c] = 0.0f;
             }
-            sgemm(1, 0, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
-            sgemm(1, 0, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
+            mm(a, 1, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
+            mm(a, 1, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
         }
     }
 }
@@ -261,8 +484,8 @@ static void dq_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t h, 
     for (int64_t r = 0; r < nq; r++) memset(dqb + r * ldq, 0, (size_t)D * sizeof(float));
     for (int64_t j0 = 0; j0 < i1; j0 += BK) {
         int64_t nk = (i1 - j0 < BK ? i1 - j0 : BK);
-        sgemm(0, 0, nq, D, nk, a->scale, ds_block(a, f0, b * a->H + h, qb, j0 / BK), BK, kb + j0 * ldk, ldk, 1.0f, dqb,
-              ldq);
+        mm(a, 0, nq, D, nk, a->scale, ds_block(a, f0, b * a->H + h, qb, j0 / BK), BK, kb + j0 * ldk, ldk, 1.0f, dqb,
+           ldq);
     }
 }
 
@@ -388,7 +611,7 @@ moe_status moei_attention_fwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t 
 
     attn_args a = {.B = batch, .T = seq, .H = heads, .Hkv = kv_heads, .D = head_dim, .rep = heads / kv_heads,
                    .scale = scale > 0.0f ? scale : (float)(1.0 / sqrt((double)head_dim)), .alibi = alibi,
-                   .q = q, .k = k, .v = v, .o = out, .lse_out = lse};
+                   .q = q, .k = k, .v = v, .o = out, .lse_out = lse, .simd = cpu_has_avx2_fma()};
     const int64_t nqb = (seq + BQ - 1) / BQ, bh = batch * heads, items = nqb * bh;
     const int nthr = team_size(nslots, items);
 #pragma omp parallel num_threads(nthr)
@@ -437,7 +660,7 @@ moe_status moei_attention_bwd(moe_ctx *ctx, int64_t batch, int64_t seq, int64_t 
     attn_args a = {.B = batch, .T = seq, .H = heads, .Hkv = kv_heads, .D = head_dim, .rep = heads / kv_heads,
                    .scale = scale > 0.0f ? scale : (float)(1.0 / sqrt((double)head_dim)), .alibi = alibi,
                    .q = q, .k = k, .v = v, .out = out, .lse = lse, .dout = dout, .delta = delta,
-                   .dq = dq, .dk = dk, .dv = dv, .ds = ds, .ntri = ntri};
+                   .dq = dq, .dk = dk, .dv = dv, .ds = ds, .ntri = ntri, .simd = cpu_has_avx2_fma()};
     const int64_t nqb = (seq + BQ - 1) / BQ, nkb = (seq + BK - 1) / BK, bh = batch * heads, bg = batch * kv_heads;
     const int64_t rows = batch * seq, dq_items = nqb * bh, dkv_items = nkb * bg;
     const int nthr = team_size(nslots, dq_items > rows ? dq_items : rows);
