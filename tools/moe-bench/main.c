@@ -11,6 +11,8 @@
 
 #include <moe/moe.h>
 
+#include "../common/blas_tune.h"
+
 typedef struct bench_config {
     const char *name;
     const char *what;
@@ -76,6 +78,7 @@ static int usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    tools_prefer_avx512_blas(argv);
     const char *which = "all";
     int steps = 5, threads = 0, json = 0;
     for (int i = 1; i < argc; i++) {
@@ -97,7 +100,8 @@ int main(int argc, char **argv)
     threads = omp_get_max_threads();
     double peak = sgemm_rate(1024, 7);
     if (!json) {
-        printf("sgemm 1024^3 on %d thread(s): %.1f GFLOP/s (reference for the fractions below)\n", threads, peak / 1e9);
+        printf("sgemm 1024^3 on %d thread(s), OpenBLAS %s kernels: %.1f GFLOP/s (reference for the fractions below)\n",
+               threads, openblas_get_corename(), peak / 1e9);
         printf("%-12s %10s %12s %12s %10s\n", "config", "step ms", "tokens/s", "GFLOP/s", "of sgemm");
     }
     int ran = 0;

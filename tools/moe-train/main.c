@@ -14,6 +14,7 @@
 #include <moe/checkpoint.h>
 #include <moe/moe.h>
 
+#include "../common/blas_tune.h"
 #include "options.h"
 #include "plot.h"
 
@@ -536,6 +537,7 @@ static int cmd_export(const train_options *o)
 
 int main(int argc, char **argv)
 {
+    tools_prefer_avx512_blas(argv);
     const char *command = "train";
     int first = 1;
     if (argc > 1 && argv[1][0] != '-') {
