@@ -377,11 +377,37 @@ static void dq_item(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_
     }
 }
 
+/* One (query head h, query block i0) x (key block j0) step of the dk/dv pass: S and P, dP, then
+ * dS = P (dP - delta) written over dP, and dv += Pᵀ dout, dk += scale dSᵀ q. Both backward forms
+ * run exactly this, so they give the same bits; they differ only in where dP/dS lives. */
+static void dkv_block(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t j0, int64_t nk, const float *kb,
+                      const float *vb, const float *kt, const float *vt, float *S, float *dP, float *dkb, float *dvb)
+{
+    const int64_t D = a->D, ldq = a->H * D, ldk = a->Hkv * D, T = a->T;
+    const int64_t nq = (T - i0 < BQ ? T - i0 : BQ);
+    const int64_t qoff = ((b * T + i0) * a->H + h) * D, soff = (b * a->H + h) * T + i0;
+    const float *qb = a->q + qoff, *dob = a->dout + qoff;
+    const float slope = a->alibi ? a->alibi[h] : 0.0f;
+    mm_nt(a, nq, nk, D, a->scale, qb, ldq, kb, ldk, kt, S, BK);
+    mm_nt(a, nq, nk, D, 1.0f, dob, ldq, vb, ldk, vt, dP, BK);
+    for (int64_t r = 0; r < nq; r++) {
+        int64_t i = i0 + r, nv = valid(i, j0, nk);
+        float *row = S + r * BK, *dprow = dP + r * BK;
+        float lse = a->lse[soff + r], delta = a->delta[soff + r];
+        add_alibi(row, nv, slope, i, j0);
+        exp_sub(a, row, nv, lse);
+        for (int64_t c = 0; c < nv; c++) dprow[c] = row[c] * (dprow[c] - delta);
+        for (int64_t c = nv; c < nk; c++) row[c] = dprow[c] = 0.0f;
+    }
+    mm(a, 1, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
+    mm(a, 1, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
+}
+
 /* dk, dv for one (batch, kv head, key block), summed over the group's query heads in order:
  * dv_j = sum_i P_ij dout_i, dk_j = scale * sum_i P_ij (dP_ij - delta_i) q_i. */
 static void dkv_item(const attn_args *a, int64_t b, int64_t g, int64_t j0, int64_t j1, float *slot)
 {
-    const int64_t D = a->D, ldq = a->H * D, ldk = a->Hkv * D, nk = j1 - j0, T = a->T;
+    const int64_t D = a->D, ldk = a->Hkv * D, nk = j1 - j0, T = a->T;
     const int64_t koff = ((b * T + j0) * a->Hkv + g) * D;
     const float *kb = a->k + koff, *vb = a->v + koff;
     float *dkb = a->dk + koff, *dvb = a->dv + koff;
@@ -393,28 +419,10 @@ static void dkv_item(const attn_args *a, int64_t b, int64_t g, int64_t j0, int64
         memset(dkb + c * ldk, 0, (size_t)D * sizeof(float));
         memset(dvb + c * ldk, 0, (size_t)D * sizeof(float));
     }
-    for (int64_t h = g * a->rep; h < (g + 1) * a->rep; h++) {
-        const float slope = a->alibi ? a->alibi[h] : 0.0f;
+    for (int64_t h = g * a->rep; h < (g + 1) * a->rep; h++)
         /* Query blocks wholly before j0 see none of these keys. */
-        for (int64_t i0 = j0 / BQ * BQ; i0 < T; i0 += BQ) {
-            int64_t nq = (T - i0 < BQ ? T - i0 : BQ);
-            const int64_t qoff = ((b * T + i0) * a->H + h) * D, soff = (b * a->H + h) * T + i0;
-            const float *qb = a->q + qoff, *dob = a->dout + qoff;
-            mm_nt(a, nq, nk, D, a->scale, qb, ldq, kb, ldk, kt, S, BK);
-            mm_nt(a, nq, nk, D, 1.0f, dob, ldq, vb, ldk, vt, dP, BK);
-            for (int64_t r = 0; r < nq; r++) {
-                int64_t i = i0 + r, nv = valid(i, j0, nk);
-                float *row = S + r * BK, *dprow = dP + r * BK;
-                float lse = a->lse[soff + r], delta = a->delta[soff + r];
-                add_alibi(row, nv, slope, i, j0);
-                exp_sub(a, row, nv, lse);
-                for (int64_t c = 0; c < nv; c++) dprow[c] = row[c] * (dprow[c] - delta);
-                for (int64_t c = nv; c < nk; c++) row[c] = dprow[c] = 0.0f;
-            }
-            mm(a, 1, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
-            mm(a, 1, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
-        }
-    }
+        for (int64_t i0 = j0 / BQ * BQ; i0 < T; i0 += BQ)
+            dkv_block(a, b, h, i0, j0, nk, kb, vb, kt, vt, S, dP, dkb, dvb);
 }
 
 /* ---- fused backward ----------------------------------------------------------------------------- */
@@ -433,7 +441,7 @@ static float *ds_block(const attn_args *a, int64_t f0, int64_t f, int64_t qb, in
 static void dkv_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t g, int64_t kb, int64_t h0, int64_t h1,
                            int zero, float *slot)
 {
-    const int64_t D = a->D, ldq = a->H * D, ldk = a->Hkv * D, T = a->T, j0 = kb * BK;
+    const int64_t D = a->D, ldk = a->Hkv * D, T = a->T, j0 = kb * BK;
     const int64_t nk = (T - j0 < BK ? T - j0 : BK);
     const int64_t koff = ((b * T + j0) * a->Hkv + g) * D;
     const float *kbp = a->k + koff, *vb = a->v + koff;
@@ -447,29 +455,9 @@ static void dkv_fused_item(const attn_args *a, int64_t f0, int64_t b, int64_t g,
             memset(dkb + c * ldk, 0, (size_t)D * sizeof(float));
             memset(dvb + c * ldk, 0, (size_t)D * sizeof(float));
         }
-    for (int64_t h = h0; h < h1; h++) {
-        const float slope = a->alibi ? a->alibi[h] : 0.0f;
-        for (int64_t i0 = j0 / BQ * BQ; i0 < T; i0 += BQ) {
-            int64_t nq = (T - i0 < BQ ? T - i0 : BQ);
-            const int64_t qoff = ((b * T + i0) * a->H + h) * D, soff = (b * a->H + h) * T + i0;
-            const float *qb = a->q + qoff, *dob = a->dout + qoff;
-            /* dP is computed straight into the store: it becomes dS there, and the dq pass reads it */
-            float *dP = ds_block(a, f0, b * a->H + h, i0 / BQ, kb);
-            mm_nt(a, nq, nk, D, a->scale, qb, ldq, kbp, ldk, kt, S, BK);
-            mm_nt(a, nq, nk, D, 1.0f, dob, ldq, vb, ldk, vt, dP, BK);
-            for (int64_t r = 0; r < nq; r++) {
-                int64_t i = i0 + r, nv = valid(i, j0, nk);
-                float *row = S + r * BK, *dprow = dP + r * BK;
-                float lse = a->lse[soff + r], delta = a->delta[soff + r];
-                add_alibi(row, nv, slope, i, j0);
-                exp_sub(a, row, nv, lse);
-                for (int64_t c = 0; c < nv; c++) dprow[c] = row[c] * (dprow[c] - delta);
-                for (int64_t c = nv; c < nk; c++) row[c] = dprow[c] = 0.0f;
-            }
-            mm(a, 1, nk, D, nq, 1.0f, S, BK, dob, ldq, 1.0f, dvb, ldk);
-            mm(a, 1, nk, D, nq, a->scale, dP, BK, qb, ldq, 1.0f, dkb, ldk);
-        }
-    }
+    for (int64_t h = h0; h < h1; h++)
+        for (int64_t i0 = j0 / BQ * BQ; i0 < T; i0 += BQ) /* dP goes straight into the store, becoming dS */
+            dkv_block(a, b, h, i0, j0, nk, kbp, vb, kt, vt, S, ds_block(a, f0, b * a->H + h, i0 / BQ, kb), dkb, dvb);
 }
 
 /* dq for one (batch, head, query block) from the stored dS blocks, key blocks in order: the same
