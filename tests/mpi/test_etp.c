@@ -34,40 +34,18 @@ static void tiny_config(moe_model_config *c)
     c->moe_bias_update_rate = 0.01f;
 }
 
-static void global_micro(int64_t g, int32_t *tok, int32_t *tgt)
-{
-    for (int i = 0; i < MBS * SEQ; i++) {
-        tok[i] = (int32_t)(h_mix((uint64_t)(g * 1000 + i)) % 13);
-        tgt[i] = (i % 7 == 3) ? -100 : (int32_t)(h_mix((uint64_t)(g * 1000 + i + 500)) % 13);
-    }
-}
 
 static double rel(double a, double b) { return fabs(a - b) / (fabs(b) > 1e-12 ? fabs(b) : 1.0); }
 
 static void run_mesh(int32_t dp, int32_t ep, int32_t etp, uint32_t zero)
 {
-    moe_ctx *ctx = NULL, *rctx = NULL;
-    moe_mesh *mesh = NULL, *self = NULL;
-    moe_model *m = NULL, *ref = NULL;
-    moe_optimizer *o = NULL, *ro = NULL;
-    CHECK_OK(moe_ctx_create(NULL, &ctx));
-    CHECK_OK(moe_ctx_create(NULL, &rctx));
     moe_mesh_config mc;
     moe_mesh_config_init(&mc, sizeof mc);
     mc.dp = dp;
     mc.ep = ep;
     mc.etp = etp;
-    mc.comm_backend = MOE_COMM_MPI;
-    CHECK_OK(moe_mesh_create(ctx, &mc, &mesh));
-    moe_mesh_config sc;
-    moe_mesh_config_init(&sc, sizeof sc);
-    sc.comm_backend = MOE_COMM_SELF;
-    CHECK_OK(moe_mesh_create(rctx, &sc, &self));
-    if (!mesh || !self) return;
     moe_model_config c;
     tiny_config(&c);
-    CHECK_OK(moe_model_create(ctx, mesh, &c, &m));
-    CHECK_OK(moe_model_create(rctx, self, &c, &ref));
     moe_optimizer_config oc;
     moe_optimizer_config_init(&oc, sizeof oc);
     oc.lr = 1e-2f;
@@ -75,27 +53,19 @@ static void run_mesh(int32_t dp, int32_t ep, int32_t etp, uint32_t zero)
     oc.zero_stage = zero;
     moe_optimizer_config roc = oc;
     roc.zero_stage = 0;
-    CHECK_OK(moe_optimizer_create(m, &oc, &o));
-    CHECK_OK(moe_optimizer_create(ref, &roc, &ro));
-    if (!m || !ref || !o || !ro) return;
-
-    const int32_t dp_rank = mesh->rank[MOE_AXIS_DP];
+    eq_pair pair;
+    if (!eq_open(&pair, mc, &c, &oc, &roc)) {
+        eq_close(&pair);
+        return;
+    }
+    moe_mesh *mesh = pair.mesh;
+    moe_model *m = pair.m, *ref = pair.ref;
+    moe_optimizer *o = pair.o, *ro = pair.ro;
     moei_comm *etc = moei_mesh_comm(mesh, MOE_AXIS_ETP);
     const uint64_t etp_bytes0 = etc->bytes_sent;
-    const int64_t G = (int64_t)dp * MICRO_LOCAL, per = MBS * SEQ;
-    int32_t *gtok = malloc((size_t)(G * per) * sizeof *gtok), *gtgt = malloc((size_t)(G * per) * sizeof *gtgt);
-    for (int64_t g = 0; g < G; g++) global_micro(g, gtok + g * per, gtgt + g * per);
     moe_batch local, global;
-    moe_batch_init(&local, sizeof local);
-    local.tokens = gtok + (int64_t)dp_rank * MICRO_LOCAL * per;
-    local.targets = gtgt + (int64_t)dp_rank * MICRO_LOCAL * per;
-    local.micro_batch_size = MBS;
-    local.seq_len = SEQ;
-    local.num_micro_batches = MICRO_LOCAL;
-    global = local;
-    global.tokens = gtok;
-    global.targets = gtgt;
-    global.num_micro_batches = (int32_t)G;
+    eq_batches(&pair, MICRO_LOCAL, MBS, SEQ, 13, &local, &global);
+    const int64_t G = (int64_t)dp * MICRO_LOCAL, per = MBS * SEQ; /* the global batch, for the row counts */
     double worst_loss = 0.0, worst_norm = 0.0, worst_param = 0.0;
     for (int step = 0; step < STEPS; step++) {
         moe_step_stats s = {.struct_size = sizeof s}, r = {.struct_size = sizeof r};
@@ -177,16 +147,7 @@ static void run_mesh(int32_t dp, int32_t ep, int32_t etp, uint32_t zero)
     if (h_rank == 0)
         printf("  dp%d ep%d etp%d zero%u: worst relative loss %.2g, grad norm %.2g, parameter %.2g\n", dp, ep, etp,
                zero, worst_loss, worst_norm, worst_param);
-    free(gtok);
-    free(gtgt);
-    moe_optimizer_destroy(o);
-    moe_optimizer_destroy(ro);
-    moe_model_destroy(m);
-    moe_model_destroy(ref);
-    moe_mesh_destroy(mesh);
-    moe_mesh_destroy(self);
-    moe_ctx_destroy(ctx);
-    moe_ctx_destroy(rctx);
+    eq_close(&pair);
 }
 
 static void test_etp2(void) { run_mesh(h_size, 1, 2, 0); }

@@ -36,13 +36,6 @@ static void tiny_config(moe_model_config *c, float capacity)
 }
 
 /* Micro-batch g of the global batch (tokens and targets), the same on every rank. */
-static void global_micro(int64_t g, int32_t *tok, int32_t *tgt)
-{
-    for (int i = 0; i < MBS * SEQ; i++) {
-        tok[i] = (int32_t)(h_mix((uint64_t)(g * 1000 + i)) % 13);
-        tgt[i] = (i % 7 == 3) ? -100 : (int32_t)(h_mix((uint64_t)(g * 1000 + i + 500)) % 13);
-    }
-}
 
 static int64_t p_dense_size(const moe_model *m) { return m->params.region_size[MOEI_GROUP_DENSE]; }
 
@@ -50,52 +43,29 @@ static double rel(double a, double b) { return fabs(a - b) / (fabs(b) > 1e-12 ? 
 
 static void run_mesh(int32_t dp, int32_t ep, float capacity)
 {
-    moe_ctx *ctx = NULL, *rctx = NULL;
-    moe_mesh *mesh = NULL, *self = NULL;
-    moe_model *m = NULL, *ref = NULL;
-    moe_optimizer *o = NULL, *ro = NULL;
-    CHECK_OK(moe_ctx_create(NULL, &ctx));
-    CHECK_OK(moe_ctx_create(NULL, &rctx));
     moe_mesh_config mc;
     moe_mesh_config_init(&mc, sizeof mc);
     mc.dp = dp;
     mc.ep = ep;
-    mc.comm_backend = MOE_COMM_MPI;
-    CHECK_OK(moe_mesh_create(ctx, &mc, &mesh));
-    moe_mesh_config sc;
-    moe_mesh_config_init(&sc, sizeof sc);
-    sc.comm_backend = MOE_COMM_SELF;
-    CHECK_OK(moe_mesh_create(rctx, &sc, &self));
-    if (!mesh || !self) return;
     moe_model_config c;
     tiny_config(&c, capacity);
-    CHECK_OK(moe_model_create(ctx, mesh, &c, &m));
-    CHECK_OK(moe_model_create(rctx, self, &c, &ref));
     moe_optimizer_config oc;
     moe_optimizer_config_init(&oc, sizeof oc);
     oc.lr = 1e-2f;
     oc.clip_grad_norm = 0.5f; /* clipping active: the global norm must agree */
-    CHECK_OK(moe_optimizer_create(m, &oc, &o));
-    CHECK_OK(moe_optimizer_create(ref, &oc, &ro));
-    if (!m || !ref || !o || !ro) return;
-
+    eq_pair pair;
+    if (!eq_open(&pair, mc, &c, &oc, &oc)) {
+        eq_close(&pair);
+        return;
+    }
+    moe_mesh *mesh = pair.mesh;
+    moe_model *m = pair.m, *ref = pair.ref;
+    moe_optimizer *o = pair.o, *ro = pair.ro;
     const int32_t dp_rank = mesh->rank[MOE_AXIS_DP];
     moei_comm *dpc = moei_mesh_comm(mesh, MOE_AXIS_DP), *epc = moei_mesh_comm(mesh, MOE_AXIS_EP);
     const uint64_t dp_bytes0 = dpc->bytes_sent, ep_bytes0 = epc->bytes_sent;
-    const int64_t G = (int64_t)dp * MICRO_LOCAL, per = MBS * SEQ;
-    int32_t *gtok = malloc((size_t)(G * per) * sizeof *gtok), *gtgt = malloc((size_t)(G * per) * sizeof *gtgt);
-    for (int64_t g = 0; g < G; g++) global_micro(g, gtok + g * per, gtgt + g * per);
     moe_batch local, global;
-    moe_batch_init(&local, sizeof local);
-    local.tokens = gtok + (int64_t)dp_rank * MICRO_LOCAL * per;
-    local.targets = gtgt + (int64_t)dp_rank * MICRO_LOCAL * per;
-    local.micro_batch_size = MBS;
-    local.seq_len = SEQ;
-    local.num_micro_batches = MICRO_LOCAL;
-    global = local;
-    global.tokens = gtok;
-    global.targets = gtgt;
-    global.num_micro_batches = (int32_t)G;
+    eq_batches(&pair, MICRO_LOCAL, MBS, SEQ, 13, &local, &global);
     for (int step = 0; step < STEPS; step++) {
         moe_step_stats s = {.struct_size = sizeof s}, r = {.struct_size = sizeof r};
         CHECK_OK(moe_train_step(m, o, &local, &s));
@@ -159,16 +129,7 @@ static void run_mesh(int32_t dp, int32_t ep, float capacity)
     for (int32_t l = 0; l < c.num_layers; l++)
         CHECK(memcmp(m->blocks[l].moe.bias, ref->blocks[l].moe.bias, 4 * sizeof(float)) == 0,
               "layer %d expert bias differs", (int)l);
-    free(gtok);
-    free(gtgt);
-    moe_optimizer_destroy(o);
-    moe_optimizer_destroy(ro);
-    moe_model_destroy(m);
-    moe_model_destroy(ref);
-    moe_mesh_destroy(mesh);
-    moe_mesh_destroy(self);
-    moe_ctx_destroy(ctx);
-    moe_ctx_destroy(rctx);
+    eq_close(&pair);
 }
 
 static void test_dp(void) { run_mesh(h_size, 1, 0.0f); }
@@ -198,7 +159,7 @@ static void test_bad_batch_on_one_rank(void)
     if (m) CHECK_OK(moe_optimizer_create(m, &oc, &o));
     if (o) {
         int32_t tok[MBS * SEQ], tgt[MBS * SEQ];
-        global_micro(h_rank, tok, tgt);
+        eq_global_micro(h_rank, MBS * SEQ, 13, tok, tgt);
         if (h_rank == h_size - 1) tok[5] = 99; /* out of the vocabulary, on the last rank only */
         moe_batch b;
         moe_batch_init(&b, sizeof b);
