@@ -560,7 +560,8 @@ static moe_status parse_root(const parser *P, const cJSON *root, moei_ckpt_index
         st = parse_tensor(P, t, &ix->tensors[ix->ntensors++]);
         if (st != MOE_OK) return st;
     }
-    qsort(ix->tensors, (size_t)ix->ntensors, sizeof *ix->tensors, cmp_tensor_name);
+    if (ix->ntensors > 1) /* qsort wants a valid array even for 0 elements */
+        qsort(ix->tensors, (size_t)ix->ntensors, sizeof *ix->tensors, cmp_tensor_name);
     for (int64_t i = 1; i < ix->ntensors; i++)
         if (strcmp(ix->tensors[i - 1].name, ix->tensors[i].name) == 0)
             return PFAIL(P, "%.200s: tensors: \"%s\" appears twice", P->origin, ix->tensors[i].name);
